@@ -1,0 +1,105 @@
+"""The error hierarchy, and the one place that maps it to CNI error codes.
+
+Every failure the plugin reports is a :class:`CNIError`.  Its ``code`` is the
+well-known CNI error code (CNI spec 1.1.0, section "Error" / "Well-known Error
+Codes"; code 8 comes from the Go CNI library, 999 is upstream's generic
+``ErrInternal``).  :func:`error_json` renders the spec's error object, which the
+plugin prints on **stdout** and follows with exit status 1.
+"""
+from __future__ import annotations
+
+import json
+
+__all__ = [
+    "CNIError", "IncompatibleVersion", "UnsupportedField", "UnknownContainer",
+    "InvalidEnvironment", "IOFailure", "DecodeFailure", "InvalidConfig",
+    "InvalidNetns", "TryAgainLater", "NotAvailable", "LimitedConnectivity",
+    "InternalError", "KernelError", "error_json",
+]
+
+
+class CNIError(Exception):
+    """Base class: a CNI error object ``{code, msg, details}``.
+
+    ``code`` is a class attribute (int); ``msg`` a one-line human message;
+    ``details`` optional free text (e.g. the offending value).
+    """
+
+    code: int = 999
+
+    def __init__(self, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+    def to_dict(self, cni_version: str | None = None) -> dict:
+        """The spec's error object; ``cniVersion`` only when known."""
+        d: dict = {}
+        if cni_version:
+            d["cniVersion"] = cni_version
+        d["code"] = self.code
+        d["msg"] = self.msg
+        if self.details:
+            d["details"] = self.details
+        return d
+
+
+class IncompatibleVersion(CNIError):
+    code = 1
+
+
+class UnsupportedField(CNIError):
+    code = 2
+
+
+class UnknownContainer(CNIError):
+    code = 3
+
+
+class InvalidEnvironment(CNIError):
+    code = 4
+
+
+class IOFailure(CNIError):
+    code = 5
+
+
+class DecodeFailure(CNIError):
+    code = 6
+
+
+class InvalidConfig(CNIError):
+    """Code 7: the network configuration is invalid (names the field and value)."""
+    code = 7
+
+
+class InvalidNetns(CNIError):
+    code = 8
+
+
+class TryAgainLater(CNIError):
+    """Code 11: transient, e.g. the nftables generation kept moving."""
+    code = 11
+
+
+class NotAvailable(CNIError):
+    """Code 50 (STATUS): plugin cannot service ADD."""
+    code = 50
+
+
+class LimitedConnectivity(CNIError):
+    """Code 51 (STATUS): not available, existing containers may be affected."""
+    code = 51
+
+
+class InternalError(CNIError):
+    code = 999
+
+
+class KernelError(InternalError):
+    """The kernel refused a transaction; ``msg`` names the object and errno."""
+
+
+def error_json(err: CNIError, cni_version: str | None = None) -> str:
+    """Serialise ``err`` as the JSON text printed on stdout (4-space indent, like upstream)."""
+    return json.dumps(err.to_dict(cni_version), indent=4)

@@ -1,0 +1,196 @@
+"""nlportmap's nftables layout: one table per family, maps keyed by host port.
+
+::
+
+    table ip nlportmap {                       # ip6: same, with ipv6_addr
+      map hostports        { type inet_proto . inet_service : ipv4_addr . inet_service }
+      map hostip_hostports { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
+      set masq_pairs       { type ipv4_addr . ipv4_addr }   # saddr . daddr (hairpin, 127.0.0.1)
+      set masq_all         { type ipv4_addr }               # daddr (masqAll)
+      chain prerouting  { type nat hook prerouting priority -100; [conditions] fib daddr type local jump hostports }
+      chain output      { type nat hook output priority -100;     [conditions] fib daddr type local jump hostports }
+      chain hostports   { dnat ip to ip daddr . meta l4proto . th dport map @hostip_hostports
+                          dnat ip to meta l4proto . th dport map @hostports }
+      chain postrouting { type nat hook postrouting priority 100;
+                          ct status dnat ip saddr . ip daddr @masq_pairs masquerade
+                          ct status dnat ip daddr @masq_all masquerade }
+      chain localnet_guard { type filter hook prerouting priority -300;   # ip only (CVE-2020-8558)
+                          iifname != "lo" ip daddr 127.0.0.0/8 counter drop }
+    }
+
+Every element carries a comment = the owner (``containerID/ifname network``).
+A first packet costs one hash lookup per map whatever the number of mappings;
+ADD, DEL and CHECK touch only their own keys (single-element gets, never dumps).
+
+Keys and data are concatenations with each field padded to 4 bytes (register
+alignment): protocol number (u8), port (be16), addresses (network order).
+"""
+from __future__ import annotations
+
+import hashlib
+
+from . import netlink as N
+
+TABLE = "nlportmap"
+LAYOUT_VERSION = 1
+TABLE_COMMENT = "nlportmap: CNI portmap hostPort forwarding (managed by nlportmap; see 'nlportmap list')"
+
+HOSTPORTS = "hostports"
+HOSTIP_HOSTPORTS = "hostip_hostports"
+MASQ_PAIRS = "masq_pairs"
+MASQ_ALL = "masq_all"
+SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL)
+
+
+def alen(fam: int) -> int:
+    return 4 if fam == 4 else 16
+
+
+def _t(fam: int) -> int:
+    return N.T_IPV4 if fam == 4 else N.T_IPV6
+
+
+def _off(fam: int, which: str) -> int:
+    return {(4, "saddr"): 12, (4, "daddr"): 16, (6, "saddr"): 8, (6, "daddr"): 24}[(fam, which)]
+
+
+# ------------------------------------------------------------------ keys/data
+def proto_port(proto: str, port: int) -> bytes:
+    return N.pad4(bytes([N.L4PROTO[proto]])) + N.pad4(port.to_bytes(2, "big"))
+
+
+def forward_key(fam: int, proto: str, host_ip: str | None, port: int) -> tuple[str, bytes]:
+    """(set name, key bytes) for a forward's host side."""
+    if host_ip is None:
+        return HOSTPORTS, proto_port(proto, port)
+    return HOSTIP_HOSTPORTS, N.ip_bytes(host_ip) + proto_port(proto, port)
+
+
+def forward_data(container_ip: str, container_port: int) -> bytes:
+    return N.ip_bytes(container_ip) + N.pad4(container_port.to_bytes(2, "big"))
+
+
+def parse_forward_data(fam: int, data: bytes) -> tuple[str, int]:
+    import socket
+    n = alen(fam)
+    ip = socket.inet_ntop(socket.AF_INET if fam == 4 else socket.AF_INET6, data[:n])
+    return ip, int.from_bytes(data[n:n + 2], "big")
+
+
+def parse_forward_key(fam: int, set_name: str, key: bytes) -> tuple[str, str | None, int]:
+    """-> (proto, host_ip or None, host_port)."""
+    import socket
+    protos = {v: k for k, v in N.L4PROTO.items()}
+    hip = None
+    if set_name == HOSTIP_HOSTPORTS:
+        n = alen(fam)
+        hip = socket.inet_ntop(socket.AF_INET if fam == 4 else socket.AF_INET6, key[:n])
+        key = key[n:]
+    return protos.get(key[0], str(key[0])), hip, int.from_bytes(key[4:6], "big")
+
+
+def masq_key(saddr: str | None, daddr: str) -> tuple[str, bytes]:
+    if saddr is None:
+        return MASQ_ALL, N.ip_bytes(daddr)
+    return MASQ_PAIRS, N.ip_bytes(saddr) + N.ip_bytes(daddr)
+
+
+def parse_masq_key(fam: int, set_name: str, key: bytes) -> tuple[str | None, str]:
+    import socket
+    af = socket.AF_INET if fam == 4 else socket.AF_INET6
+    n = alen(fam)
+    if set_name == MASQ_ALL:
+        return None, socket.inet_ntop(af, key[:n])
+    return socket.inet_ntop(af, key[:n]), socket.inet_ntop(af, key[n:2 * n])
+
+
+# --------------------------------------------------------------- conditions
+MAX_CONDITION_RULES = 64
+
+
+def compile_conditions(fam: int, conds) -> list[list]:
+    """Parsed conditions -> alternatives (each a list of expressions; OR between them).
+
+    ``==`` with an anonymous set of k values gives k alternatives; ``!=`` with
+    a set is the AND of k inequalities.  Raises ValueError beyond
+    :data:`MAX_CONDITION_RULES` alternatives.
+    """
+    alts: list[list] = [[]]
+    for c in conds or ():
+        if c.field in ("saddr", "daddr"):
+            one = [N.addr_match(fam, c.field, v, c.negate) for v in c.values]
+        else:
+            one = [N.ifname_match(c.field, v, c.negate) for v in c.values]
+        if c.negate or len(one) == 1:
+            merged = [e for part in one for e in part]
+            alts = [a + merged for a in alts]
+        else:
+            alts = [a + part for a in alts for part in one]
+        if len(alts) > MAX_CONDITION_RULES:
+            raise ValueError(f"conditions expand to more than {MAX_CONDITION_RULES} rules")
+    return alts
+
+
+def fingerprint(fam: int, conds) -> str:
+    """Comment stored on the prerouting jump rules: layout version + conditions."""
+    text = " ".join(str(c) for c in conds or ())
+    h = hashlib.sha1(f"{LAYOUT_VERSION}|{fam}|{text}".encode()).hexdigest()[:12]
+    c = f"nlportmap/{LAYOUT_VERSION} {h}" + (f" if {text}" if text else "")
+    return c.encode()[:200].decode(errors="ignore")
+
+
+# ------------------------------------------------------------------ skeleton
+def skeleton(fam: int, conds) -> list:
+    """Ops that (re)create the table, sets, chains and their static rules.
+
+    Idempotent: objects are added with CREATE|APPEND, chains are flushed and
+    refilled, set elements (the mappings) are untouched.
+    """
+    F = N.FAMILY[fam]
+    T = TABLE
+    a = alen(fam)
+    t = _t(fam)
+    fp = fingerprint(fam, conds)
+    ops = [N.table(F, T, comment=TABLE_COMMENT)]
+    ops.append(N.new_set(F, T, HOSTPORTS, N.concat_type(N.T_PROTO, N.T_SERVICE), 8,
+                         N.concat_type(t, N.T_SERVICE), a + 4,
+                         comment="hostPort on any local address -> pod; element comment = owner", set_id=1))
+    ops.append(N.new_set(F, T, HOSTIP_HOSTPORTS, N.concat_type(t, N.T_PROTO, N.T_SERVICE), a + 8,
+                         N.concat_type(t, N.T_SERVICE), a + 4,
+                         comment="hostIP:hostPort -> pod; element comment = owner", set_id=2))
+    ops.append(N.new_set(F, T, MASQ_PAIRS, N.concat_type(t, t), 2 * a,
+                         comment="masquerade DNATed saddr . daddr (hairpin, localhost)", set_id=3))
+    ops.append(N.new_set(F, T, MASQ_ALL, t, a,
+                         comment="masquerade all DNATed traffic to these pods (masqAll)", set_id=4))
+    ops += [
+        N.chain(F, T, "hostports", comment="DNAT by map lookup"),
+        N.chain(F, T, "prerouting", "prerouting", -100, comment="traffic to local addresses -> hostports"),
+        N.chain(F, T, "output", "output", -100, comment="locally generated traffic to local addresses -> hostports"),
+        N.chain(F, T, "postrouting", "postrouting", 100, comment="masquerade hairpin/localhost/masqAll"),
+    ]
+    for c in ("hostports", "prerouting", "output", "postrouting"):
+        ops.append(N.flush_chain(F, T, c))
+    # hostports: specific hostIP first, then any-address
+    r = N.reg32(a // 4)
+    ops.append(N.rule(F, T, "hostports", [
+        N.payload(1, _off(fam, "daddr"), a), N.meta(N.META_L4PROTO, r), N.payload(2, 2, 2, N.reg32(a // 4 + 1)),
+        N.lookup(HOSTIP_HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)]))
+    ops.append(N.rule(F, T, "hostports", [
+        N.meta(N.META_L4PROTO), N.payload(2, 2, 2, N.reg32(1)),
+        N.lookup(HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)]))
+    for alt in compile_conditions(fam, conds):
+        for c in ("prerouting", "output"):
+            ops.append(N.rule(F, T, c, alt + N.fib_daddr_local() + [N.verdict(N.NFT_JUMP, "hostports")], comment=fp))
+    ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
+        N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
+        N.lookup(MASQ_PAIRS, N.REG_1), N.masq()]))
+    ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
+        N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()]))
+    if fam == 4:
+        ops.append(N.chain(F, T, "localnet_guard", "prerouting", -300, ctype="filter",
+                           comment="drop packets to 127.0.0.0/8 from non-loopback interfaces (CVE-2020-8558)"))
+        ops.append(N.flush_chain(F, T, "localnet_guard"))
+        ops.append(N.rule(F, T, "localnet_guard", N.ifname_match("iifname", "lo", True)
+                          + [N.payload(1, 16, 1), N.cmp(b"\x7f"), N.counter(), N.verdict(N.NF_DROP)],
+                          comment="route_localnet guard"))
+    return ops

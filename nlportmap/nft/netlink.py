@@ -1,0 +1,630 @@
+"""nf_tables over a plain ``AF_NETLINK`` socket: message builders and transport.
+
+Encoding uses pyroute2's message classes (``pyroute2.netlink.nfnetlink.nftsocket``,
+loaded through :mod:`nlportmap._pyroute2`); sending, acks, error reporting and
+the cheap decoding of replies are ours.  Constants come from the kernel UAPI
+headers ``linux/netlink.h``, ``linux/netfilter/nfnetlink.h`` and
+``linux/netfilter/nf_tables.h``; nft userspace datatype ids (used as set key
+types, which the kernel stores but does not interpret) from nftables'
+``include/datatype.h``.
+
+Byte orders: packet fields (addresses, ports) are network order; register
+values that come from ``meta``/``ct``/``fib`` are host order.
+Families are NFPROTO numbers: 2 (``ip``) and 10 (``ip6``).
+
+Every op of a transaction carries ``NLM_F_ACK`` and its own sequence number,
+so the kernel answers each op exactly once; if any op fails the whole batch is
+rolled back (and ops that were fine are still acked with 0), so *any* non-zero
+errno means nothing was applied.  See ../shared/reference/netlink-notes.md §2.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import os
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from .. import _pyroute2
+
+_pyroute2.load()
+
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg  # noqa: E402
+from pyroute2.netlink.nfnetlink import nftsocket as nfts  # noqa: E402
+
+# ------------------------------------------------------------------ constants
+NETLINK_NETFILTER = 12            # linux/netlink.h
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
+NLM_F_DUMP = 0x300
+NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
+
+NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
+FAMILY = {4: NFPROTO_IPV4, 6: NFPROTO_IPV6}
+
+# nf_tables message types (enum nf_tables_msg_types)
+NEWTABLE, GETTABLE, DELTABLE = 0, 1, 2
+NEWCHAIN, GETCHAIN, DELCHAIN = 3, 4, 5
+NEWRULE, GETRULE, DELRULE = 6, 7, 8
+NEWSET, GETSET, DELSET = 9, 10, 11
+NEWSETELEM, GETSETELEM, DELSETELEM = 12, 13, 14
+GETGEN = 16
+
+ADD = NLM_F_CREATE | NLM_F_APPEND       # "add": idempotent for tables/chains/sets
+CREATE = NLM_F_CREATE | NLM_F_EXCL      # "create": EEXIST if present
+
+# registers (enum nft_registers)
+REG_VERDICT, REG_1 = 0, 1
+
+
+def reg32(n: int) -> int:
+    """NFT_REG32_00 + n (4-byte register n)."""
+    return 8 + n
+
+
+NFT_JUMP, NFT_GOTO, NF_DROP, NF_ACCEPT = -3, -4, 0, 1
+HOOK = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
+NFT_DATA_VERDICT = 0xFFFFFF00           # verdict-map data type (kernel, not nft's id 1)
+NFT_SET_MAP_FLAGS = {"NFT_SET_MAP"}
+
+# nft userspace datatype ids (include/datatype.h)
+T_IPV4, T_IPV6, T_PROTO, T_SERVICE = 7, 8, 12, 13
+META_IIFNAME, META_OIFNAME, META_NFPROTO, META_L4PROTO = 6, 7, 15, 16
+CT_STATUS = 2
+IPS_DST_NAT = 1 << 5                    # linux/netfilter/nf_conntrack_common.h
+RTN_LOCAL = 2
+CMP_EQ, CMP_NEQ = 0, 1
+L4PROTO = {"tcp": 6, "udp": 17, "sctp": 132}
+
+
+def concat_type(*ids: int) -> int:
+    """nft concatenated datatype id: ``(a << 6 | b) << 6 | c`` (include/datatype.h)."""
+    v = 0
+    for i in ids:
+        v = (v << 6) | i
+    return v
+
+
+def pad4(b: bytes) -> bytes:
+    """Concatenation fields are 4-byte (register) aligned."""
+    return b + b"\0" * (-len(b) % 4)
+
+
+def ip_bytes(addr: str) -> bytes:
+    """Packed address (4 or 16 bytes, network order)."""
+    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
+
+
+# ---------------------------------------------------------------- expressions
+def _e(name: str, attrs: list) -> dict:
+    p = "NFTA_%s_" % name.upper()
+    return {"attrs": [("NFTA_EXPR_NAME", name),
+                      ("NFTA_EXPR_DATA", {"attrs": [(p + k.upper(), v) for k, v in attrs]})]}
+
+
+def _d(b: bytes) -> dict:
+    return {"attrs": [("NFTA_DATA_VALUE", b)]}
+
+
+def payload(base: int, off: int, ln: int, dreg: int = REG_1) -> dict:
+    """Load ``ln`` bytes at ``off`` of header ``base`` (0 link, 1 network, 2 transport)."""
+    return _e("payload", [("dreg", dreg), ("base", base), ("offset", off), ("len", ln)])
+
+
+def cmp(b: bytes, op: int = CMP_EQ, sreg: int = REG_1) -> dict:
+    return _e("cmp", [("sreg", sreg), ("op", op), ("data", _d(b))])
+
+
+def meta(key: int, dreg: int = REG_1) -> dict:
+    return _e("meta", [("dreg", dreg), ("key", key)])
+
+
+def ct(key: int, dreg: int = REG_1) -> dict:
+    return _e("ct", [("dreg", dreg), ("key", key)])
+
+
+def bitwise(mask: bytes, xor: bytes, reg: int = REG_1) -> dict:
+    return _e("bitwise", [("sreg", reg), ("dreg", reg), ("len", len(mask)),
+                          ("mask", _d(mask)), ("xor", _d(xor))])
+
+
+def verdict(code: int, chain: str | None = None) -> dict:
+    v = [("NFTA_VERDICT_CODE", code)] + ([("NFTA_VERDICT_CHAIN", chain)] if chain else [])
+    return _e("immediate", [("dreg", REG_VERDICT),
+                            ("data", {"attrs": [("NFTA_DATA_VERDICT", {"attrs": v})]})])
+
+
+def counter() -> dict:
+    return _e("counter", [])
+
+
+def masq() -> dict:
+    return _e("masq", [])
+
+
+def fib_daddr_local() -> list:
+    """``fib daddr type local``: NFT_FIB_RESULT_ADDRTYPE (3), NFTA_FIB_F_DADDR (2)."""
+    return [_e("fib", [("dreg", REG_1), ("result", 3), ("flags", 2)]),
+            cmp(struct.pack("=I", RTN_LOCAL))]
+
+
+def ct_status_dnat() -> list:
+    """``ct status dnat``: status (host order u32) & IPS_DST_NAT != 0."""
+    return [ct(CT_STATUS), bitwise(struct.pack("=I", IPS_DST_NAT), b"\0" * 4),
+            cmp(b"\0" * 4, CMP_NEQ)]
+
+
+def lookup(set_name: str, sreg: int = REG_1, dreg: int | None = None) -> dict:
+    a = [("set", set_name), ("sreg", sreg)]
+    if dreg is not None:
+        a.append(("dreg", dreg))
+    return _e("lookup", a)
+
+
+def nat(ntype: int, family: int, reg_addr: int, reg_proto: int | None = None) -> dict:
+    """``nat`` expression; ntype 0 SNAT, 1 DNAT; family NFPROTO_*."""
+    a = [("type", ntype), ("family", family), ("reg_addr_min", reg_addr)]
+    if reg_proto is not None:
+        a.append(("reg_proto_min", reg_proto))
+    return _e("nat", a)
+
+
+def addr_match(family: int, which: str, network: str, negate: bool = False) -> list:
+    """``ip[6] saddr|daddr [!=] ADDR[/LEN]`` as payload [+ bitwise] + cmp."""
+    import ipaddress
+    net = ipaddress.ip_network(network, strict=False)
+    alen = 4 if net.version == 4 else 16
+    off = {(4, "saddr"): 12, (4, "daddr"): 16, (6, "saddr"): 8, (6, "daddr"): 24}[(net.version, which)]
+    op = CMP_NEQ if negate else CMP_EQ
+    plen = net.prefixlen
+    if plen % 8 == 0:
+        n = plen // 8
+        if n == 0:  # /0 matches everything; '!= /0' matches nothing
+            return [] if not negate else [meta(META_NFPROTO), cmp(b"\xff")]
+        return [payload(1, off, n), cmp(net.network_address.packed[:n], op)]
+    return [payload(1, off, alen), bitwise(net.netmask.packed, b"\0" * alen),
+            cmp(net.network_address.packed, op)]
+
+
+def ifname_match(which: str, name: str, negate: bool = False) -> list:
+    """``iifname|oifname [!=] NAME`` (trailing ``*`` = prefix match), as nft encodes it."""
+    key = META_IIFNAME if which == "iifname" else META_OIFNAME
+    op = CMP_NEQ if negate else CMP_EQ
+    if name.endswith("*"):
+        data = name[:-1].encode()
+    else:
+        data = name.encode() + b"\0"
+    if not data:
+        return [] if not negate else [meta(META_NFPROTO), cmp(b"\xff")]
+    return [meta(key), cmp(data, op)]
+
+
+# ------------------------------------------------------------------- messages
+Op = tuple  # (msg_type, nlm_flags, pyroute2 message)
+
+
+def _m(cls, family: int, attrs: list):
+    m = cls()
+    m["nfgen_family"] = family
+    m["attrs"] = [list(a) for a in attrs]
+    return m
+
+
+def table(family: int, name: str, comment: str | None = None, flags: int = ADD) -> Op:
+    a = [("NFTA_TABLE_NAME", name)] + ([("NFTA_TABLE_USERDATA", comment)] if comment else [])
+    return NEWTABLE, flags, _m(nfts.nft_table_msg, family, a)
+
+
+def del_table(family: int, name: str) -> Op:
+    return DELTABLE, 0, _m(nfts.nft_table_msg, family, [("NFTA_TABLE_NAME", name)])
+
+
+def chain(family: int, tbl: str, name: str, hook: str | None = None, prio: int = 0,
+          ctype: str = "nat", comment: str | None = None, flags: int = ADD) -> Op:
+    a = [("NFTA_CHAIN_TABLE", tbl), ("NFTA_CHAIN_NAME", name)]
+    if hook:
+        a += [("NFTA_CHAIN_HOOK", {"attrs": [("NFTA_HOOK_HOOKNUM", HOOK[hook]),
+                                             ("NFTA_HOOK_PRIORITY", prio)]}),
+              ("NFTA_CHAIN_TYPE", ctype)]
+    if comment:
+        a.append(("NFTA_CHAIN_USERDATA", comment))
+    return NEWCHAIN, flags, _m(nfts.nft_chain_msg, family, a)
+
+
+def flush_chain(family: int, tbl: str, name: str) -> Op:
+    """DELRULE without a handle flushes the chain."""
+    return DELRULE, 0, _m(nfts.nft_rule_msg, family,
+                          [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", name)])
+
+
+def rule(family: int, tbl: str, chn: str, exprs: list, comment: str | None = None,
+         flags: int = ADD) -> Op:
+    """NEWRULE appended to chain ``chn``; ``comment`` becomes nftnl udata (<= 250 bytes)."""
+    a = [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn),
+         ("NFTA_RULE_EXPRESSIONS", list(exprs))]
+    if comment is not None:
+        a.append(("NFTA_RULE_USERDATA", comment))
+    return NEWRULE, flags, _m(nfts.nft_rule_msg, family, a)
+
+
+def new_set(family: int, tbl: str, name: str, key_type: int, key_len: int,
+            data_type: int | None = None, data_len: int | None = None,
+            comment: str | None = None, set_id: int = 1) -> Op:
+    """NEWSET: a hash set (``data_type`` None) or map; idempotent (CREATE|APPEND)."""
+    a = [("NFTA_SET_TABLE", tbl), ("NFTA_SET_NAME", name)]
+    if data_type is not None:
+        a.append(("NFTA_SET_FLAGS", set(NFT_SET_MAP_FLAGS)))
+    else:
+        a.append(("NFTA_SET_FLAGS", set()))
+    a += [("NFTA_SET_KEY_TYPE", key_type), ("NFTA_SET_KEY_LEN", key_len)]
+    if data_type is not None:
+        a.append(("NFTA_SET_DATA_TYPE", data_type))
+        if data_type != NFT_DATA_VERDICT:
+            a.append(("NFTA_SET_DATA_LEN", data_len))
+    a.append(("NFTA_SET_ID", set_id))
+    if comment:
+        a.append(("NFTA_SET_USERDATA", [("NFTNL_UDATA_SET_COMMENT", comment)]))
+    return NEWSET, ADD, _m(nfts.nft_set_msg, family, a)
+
+
+def _elem_attrs(key: bytes, data: bytes | None, comment: str | None) -> dict:
+    a = [("NFTA_SET_ELEM_KEY", _d(key))]
+    if data is not None:
+        a.append(("NFTA_SET_ELEM_DATA", _d(data)))
+    if comment:
+        a.append(("NFTA_SET_ELEM_USERDATA", [("NFTNL_UDATA_SET_ELEM_COMMENT", comment)]))
+    return {"attrs": a}
+
+
+def set_elems(add: bool, family: int, tbl: str, set_name: str, items: list) -> Op:
+    """NEW/DELSETELEM for ``items`` = [(key bytes, data bytes | None, comment | None)].
+
+    Keep one message under 64 KiB (an NLA length is u16): callers split large lists.
+    """
+    els = [_elem_attrs(k, d if add else None, c if add else None) for k, d, c in items]
+    return ((NEWSETELEM if add else DELSETELEM), (NLM_F_CREATE if add else 0),
+            _m(nfts.nft_set_elem_list_msg, family,
+               [("NFTA_SET_ELEM_LIST_TABLE", tbl), ("NFTA_SET_ELEM_LIST_SET", set_name),
+                ("NFTA_SET_ELEM_LIST_ELEMENTS", els)]))
+
+
+def op_name(op: Op) -> str:
+    """Human name of an op for error messages, e.g. ``NEWSETELEM ip nlportmap/hostports``."""
+    mtype, _, msg = op
+    names = {v: k for k, v in globals().items() if k.isupper() and k[:3] in ("NEW", "DEL", "GET") and isinstance(v, int)}
+    fam = {2: "ip", 10: "ip6"}.get(msg["nfgen_family"], str(msg["nfgen_family"]))
+    parts = [a[1] for a in msg["attrs"] if a[0].endswith(("_TABLE", "_NAME", "_CHAIN", "_LIST_SET", "LIST_TABLE"))
+             and isinstance(a[1], str)]
+    return f"{names.get(mtype, mtype)} {fam} {'/'.join(parts)}"
+
+
+def encode(op: Op, seq: int) -> bytes:
+    mtype, flags, msg = op
+    msg["header"].update(type=(NFNL_SUBSYS_NFTABLES << 8) | mtype,
+                         flags=NLM_F_REQUEST | NLM_F_ACK | flags, sequence_number=seq, pid=0)
+    msg.encode()
+    return bytes(msg.data)
+
+
+def _marker(mtype: int, seq: int, genid: int | None = None) -> bytes:
+    """BATCH_BEGIN/END: nfgenmsg with res_id = NFNL_SUBSYS_NFTABLES; BEGIN may carry
+    NFNL_BATCH_GENID (attr 1, be32) so the kernel refuses a stale batch with ERESTART."""
+    body = struct.pack("!BBH", 0, 0, NFNL_SUBSYS_NFTABLES)
+    if genid is not None:
+        body += struct.pack("=HH", 8, 1) + struct.pack("!I", genid)
+    return struct.pack("=IHHII", 16 + len(body), mtype, NLM_F_REQUEST, seq, 0) + body
+
+
+# ------------------------------------------------------------------ decoding
+def attrs(buf: bytes, off: int = 0, end: int | None = None) -> dict[int, bytes]:
+    """Walk netlink attributes in ``buf[off:end]`` -> {type (without flags): payload}."""
+    out: dict[int, bytes] = {}
+    end = len(buf) if end is None else end
+    while off + 4 <= end:
+        ln, ty = struct.unpack_from("=HH", buf, off)
+        if ln < 4:
+            break
+        out[ty & 0x3FFF] = buf[off + 4: off + ln]
+        off += (ln + 3) & ~3
+    return out
+
+
+def attr_list(buf: bytes) -> list[tuple[int, bytes]]:
+    out, off = [], 0
+    while off + 4 <= len(buf):
+        ln, ty = struct.unpack_from("=HH", buf, off)
+        if ln < 4:
+            break
+        out.append((ty & 0x3FFF, buf[off + 4: off + ln]))
+        off += (ln + 3) & ~3
+    return out
+
+
+def udata_comment(b: bytes | None) -> str | None:
+    """nftnl udata TLV list (u8 type, u8 len, value) -> the comment (type 0)."""
+    if not b:
+        return None
+    off = 0
+    while off + 2 <= len(b):
+        t, ln = b[off], b[off + 1]
+        if t == 0:
+            return b[off + 2: off + 2 + ln].rstrip(b"\0").decode(errors="replace")
+        off += 2 + ln
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Elem:
+    """A set/map element as read back: raw key/data bytes and the comment."""
+    key: bytes
+    data: bytes | None
+    comment: str | None
+
+
+def parse_elems(msg: bytes) -> list[Elem]:
+    """Elements of one NEWSETELEM message (NFTA_SET_ELEM_LIST_ELEMENTS=3, NFTA_LIST_ELEM=1)."""
+    top = attrs(msg, 20)
+    out = []
+    for ty, el in attr_list(top.get(3, b"")):
+        if ty != 1:
+            continue
+        a = attrs(el)
+        key = attrs(a[1]).get(1, b"") if 1 in a else b""
+        data = attrs(a[2]).get(1) if 2 in a else None
+        out.append(Elem(key, data, udata_comment(a.get(6))))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    handle: int
+    comment: str | None
+
+
+# ------------------------------------------------------------------ transport
+class NftError(OSError):
+    """A transaction was refused.  ``errors`` = [(op index or -1 for the batch, errno, attr offset)]."""
+
+    def __init__(self, errors: list, names: list[str]):
+        self.errors = errors
+        i, e, off = errors[0]
+        what = "batch" if i < 0 else f"op {i} ({names[i]})"
+        super().__init__(e, f"{what}: {os.strerror(e)}" + ("" if off is None else f" (attr offset {off})"))
+
+
+class NetfilterSocket:
+    """A blocking ``NETLINK_NETFILTER`` socket with per-request deadlines.
+
+    One request in flight at a time (replies are matched by sequence number).
+    Create it in the network namespace to program: a socket's netns is fixed at
+    creation.  ``timeout`` is seconds per request.
+    """
+
+    def __init__(self, timeout: float = 5.0, sndbuf: int = 4 << 20):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+        try:
+            s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        except OSError:
+            pass
+        for opt in (SO_SNDBUFFORCE, SO_RCVBUFFORCE):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, sndbuf)
+            except OSError:
+                pass
+        s.bind((0, 0))
+        s.setblocking(False)
+        self.sock = s
+        self.timeout = timeout
+        self._seq = int.from_bytes(os.urandom(3), "little") << 4
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def next_seq(self, n: int = 1) -> int:
+        s = self._seq + 1
+        self._seq += n
+        return s
+
+    # -- receive loop -------------------------------------------------------
+    def _recv(self, deadline: float) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(1 << 20)
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("netlink: no answer from the kernel in time")
+                select.select([self.sock], [], [], left)
+
+    def messages(self, deadline: float):
+        """Yield (type, flags, seq, raw message) until the caller stops."""
+        while True:
+            buf = self._recv(deadline)
+            off = 0
+            while off + 16 <= len(buf):
+                ln, typ, flg, sq, _ = struct.unpack_from("=IHHII", buf, off)
+                if ln < 16:
+                    break
+                yield typ, flg, sq, buf[off: off + ln]
+                off += (ln + 3) & ~3
+
+    # -- requests -----------------------------------------------------------
+    def genid(self) -> int:
+        """NFT_MSG_GETGEN -> the netns ruleset generation (NFTA_GEN_ID, be32)."""
+        seq = self.next_seq()
+        body = struct.pack("!BBH", 0, 0, 0)
+        self.sock.send(struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | GETGEN,
+                                   NLM_F_REQUEST, seq, 0) + body)
+        for typ, _, sq, raw in self.messages(time.monotonic() + self.timeout):
+            if sq != seq:
+                continue
+            if typ == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", raw, 16)[0]
+                raise OSError(code, os.strerror(code))
+            return struct.unpack("!I", attrs(raw, 20)[1])[0]
+
+    def commit(self, ops: list, genid: int | None = None) -> None:
+        """Send ``ops`` as one atomic transaction; raise :class:`NftError` on refusal.
+
+        With ``genid`` the kernel refuses the batch (ERESTART, op index -1) if
+        the ruleset changed since that generation.
+        """
+        if not ops:
+            return
+        seq0 = self.next_seq(len(ops) + 2)
+        parts = [_marker(NFNL_MSG_BATCH_BEGIN, seq0, genid)]
+        for i, op in enumerate(ops):
+            parts.append(encode(op, seq0 + 1 + i))
+        parts.append(_marker(NFNL_MSG_BATCH_END, seq0 + len(ops) + 1))
+        self.sock.send(b"".join(parts))
+        want = set(range(seq0 + 1, seq0 + 1 + len(ops)))
+        errs = []
+        for typ, _, sq, raw in self.messages(time.monotonic() + self.timeout):
+            if typ == NLMSG_ERROR and seq0 <= sq <= seq0 + len(ops):
+                code = -struct.unpack_from("=i", raw, 16)[0]
+                bad = None
+                ea = attrs(raw, 36)  # ext-ack TLVs after the capped header
+                if 2 in ea:          # NLMSGERR_ATTR_OFFS
+                    bad = struct.unpack("=I", ea[2][:4])[0]
+                want.discard(sq)
+                if code:
+                    errs.append((sq - seq0 - 1, code, bad))
+                if sq == seq0:
+                    want.clear()
+            if not want:
+                break
+        if errs:
+            errs.sort()
+            raise NftError(errs, [op_name(o) for o in ops])
+
+    def request(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list]:
+        """Send already-encoded non-batch requests in one write; collect replies by seq.
+
+        Returns {seq: [raw messages]} where an error reply is stored as an int errno.
+        A dump ends at NLMSG_DONE; a plain get ends with its one reply.
+        """
+        self.sock.send(b"".join(reqs))
+        out: dict[int, list] = {s: [] for s in seqs}
+        pending = set(seqs)
+        for typ, flg, sq, raw in self.messages(time.monotonic() + self.timeout):
+            if sq not in pending:
+                continue
+            if typ == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", raw, 16)[0]
+                if code:
+                    out[sq] = code  # type: ignore[assignment]
+                pending.discard(sq)
+            elif typ == NLMSG_DONE:
+                pending.discard(sq)
+            else:
+                out[sq].append(raw)
+                if not flg & NLM_F_MULTI:
+                    pending.discard(sq)
+            if not pending:
+                break
+        return out
+
+    def _req(self, mtype: int, family: int, cls, a: list, dump: bool) -> tuple[bytes, int]:
+        m = _m(cls, family, a)
+        seq = self.next_seq()
+        m["header"].update(type=(NFNL_SUBSYS_NFTABLES << 8) | mtype,
+                           flags=NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), sequence_number=seq)
+        m.encode()
+        return bytes(m.data), seq
+
+    def get_elems(self, queries: list[tuple[int, str, str, bytes]]) -> list:
+        """Look up single elements: queries = [(family, table, set, key)].
+
+        Returns, per query, an :class:`Elem` or None (absent, or table/set
+        missing).  All lookups go out in one write: O(len(queries)), never a dump.
+        """
+        reqs, seqs = [], []
+        for family, tbl, set_name, key in queries:
+            raw, seq = self._req(GETSETELEM, family, nfts.nft_set_elem_list_msg,
+                                 [("NFTA_SET_ELEM_LIST_TABLE", tbl), ("NFTA_SET_ELEM_LIST_SET", set_name),
+                                  ("NFTA_SET_ELEM_LIST_ELEMENTS", [{"attrs": [("NFTA_SET_ELEM_KEY", _d(key))]}])],
+                                 dump=False)
+            reqs.append(raw)
+            seqs.append(seq)
+        if not reqs:
+            return []
+        res = self.request(reqs, seqs)
+        out = []
+        for seq in seqs:
+            r = res[seq]
+            if isinstance(r, int):
+                if r not in (_errno.ENOENT,):
+                    raise OSError(r, f"get set element: {os.strerror(r)}")
+                out.append(None)
+            else:
+                els = [e for raw in r for e in parse_elems(raw)]
+                out.append(els[0] if els else None)
+        return out
+
+    def dump_elems(self, family: int, tbl: str, set_name: str) -> list[Elem] | None:
+        """All elements of a set (None if the table/set does not exist). O(n): off the hot path."""
+        raw, seq = self._req(GETSETELEM, family, nfts.nft_set_elem_list_msg,
+                             [("NFTA_SET_ELEM_LIST_TABLE", tbl), ("NFTA_SET_ELEM_LIST_SET", set_name)], dump=True)
+        r = self.request([raw], [seq])[seq]
+        if isinstance(r, int):
+            if r == _errno.ENOENT:
+                return None
+            raise OSError(r, os.strerror(r))
+        return [e for m in r for e in parse_elems(m)]
+
+    def dump_rules(self, family: int, tbl: str, chn: str) -> list[RuleInfo] | None:
+        """Handles and comments of one chain's rules (None if table/chain missing)."""
+        raw, seq = self._req(GETRULE, family, nfts.nft_rule_msg,
+                             [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn)], dump=True)
+        r = self.request([raw], [seq])[seq]
+        if isinstance(r, int):
+            if r == _errno.ENOENT:
+                return None
+            raise OSError(r, os.strerror(r))
+        out = []
+        for m in r:
+            a = attrs(m, 20)
+            out.append(RuleInfo(struct.unpack("!Q", a[3])[0] if 3 in a else 0, udata_comment(a.get(7))))
+        return out
+
+    def dump_chains(self, family: int, tbl: str) -> list[str] | None:
+        """Names of the chains of one table (None if the table is missing)."""
+        raw, seq = self._req(GETCHAIN, family, nfts.nft_chain_msg,
+                             [("NFTA_CHAIN_TABLE", tbl)], dump=True)
+        r = self.request([raw], [seq])[seq]
+        if isinstance(r, int):
+            if r == _errno.ENOENT:
+                return None
+            raise OSError(r, os.strerror(r))
+        out = []
+        for m in r:
+            a = attrs(m, 20)
+            if a.get(1, b"").rstrip(b"\0").decode() == tbl and 3 in a:
+                out.append(a[3].rstrip(b"\0").decode())
+        return out
+
+    def table_exists(self, family: int, tbl: str) -> bool:
+        raw, seq = self._req(GETTABLE, family, nfts.nft_table_msg, [("NFTA_TABLE_NAME", tbl)], dump=False)
+        r = self.request([raw], [seq])[seq]
+        if isinstance(r, int):
+            if r == _errno.ENOENT:
+                return False
+            raise OSError(r, os.strerror(r))
+        return True

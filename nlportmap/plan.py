@@ -1,0 +1,226 @@
+"""The pure planning core: config + prevResult -> kernel-neutral plan.
+
+Nothing here opens a socket or a file.  A :class:`Plan` says *what* must exist
+for one attachment (owner = container ID + ifname); each backend (``nft/``,
+``ipt/``) decides *how* and applies it as one transaction.  ``Plan.describe()``
+is the dry-run text.
+
+Address families are the integers 4 and 6.  Ports are host-order ints in
+1..65535.  Addresses are strings in canonical ``ipaddress`` form (no prefix).
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from .conditions import Match
+
+__all__ = ["Owner", "Forward", "Masq", "Plan", "make_plan", "OWNER_COMMENT_MAX"]
+
+#: Longest owner comment we store (bytes).  nftables element/rule userdata is
+#: limited to 256 bytes (NFT_USERDATA_MAXLEN, include/uapi/linux/netfilter/nf_tables.h
+#: era 5.x); a TLV header takes 2, the NUL 1.  We keep a margin.
+OWNER_COMMENT_MAX = 250
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who owns kernel state: the CNI attachment (containerID, ifname), plus the network name.
+
+    ``tag`` (``"<containerID>/<ifname>"``) is the identity used for ownership
+    checks; ``comment`` (``tag`` + space + network name, cut to
+    :data:`OWNER_COMMENT_MAX` bytes) is what operators see next to each element.
+    """
+
+    container_id: str
+    ifname: str
+    network: str = ""
+
+    @property
+    def tag(self) -> str:
+        return f"{self.container_id}/{self.ifname}"
+
+    @property
+    def comment(self) -> str:
+        c = f"{self.tag} {self.network}" if self.network else self.tag
+        b = c.encode()
+        if len(b) > OWNER_COMMENT_MAX:
+            c = b[:OWNER_COMMENT_MAX].decode(errors="ignore")
+        return c
+
+    @staticmethod
+    def tag_of(comment: str | None) -> str | None:
+        """The identity tag inside a stored comment (``None`` if not ours)."""
+        if not comment:
+            return None
+        return comment.split(" ", 1)[0]
+
+    @staticmethod
+    def parse(comment: str | None) -> "Owner | None":
+        """Rebuild an owner from a stored comment (for listings and GC)."""
+        tag = Owner.tag_of(comment)
+        if not tag or "/" not in tag:
+            return None
+        cid, ifname = tag.rsplit("/", 1)
+        net = comment.split(" ", 1)[1] if " " in comment else ""
+        return Owner(cid, ifname, net)
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """One DNAT: (family, proto, host_ip|any, host_port) -> container_ip:container_port.
+
+    ``host_ip`` is ``None`` for "any local address" (absent, ``0.0.0.0`` or ``::``).
+    ``proto`` is lower case: ``tcp``, ``udp`` or ``sctp``.
+    """
+
+    family: int
+    proto: str
+    host_ip: str | None
+    host_port: int
+    container_ip: str
+    container_port: int
+
+    @property
+    def key(self) -> tuple:
+        """The host-side identity of this forward (what two claimants can collide on)."""
+        return (self.family, self.proto, self.host_ip, self.host_port)
+
+    def __str__(self) -> str:
+        hip = self.host_ip or ("0.0.0.0" if self.family == 4 else "::")
+        h = f"[{hip}]" if self.family == 6 else hip
+        c = f"[{self.container_ip}]" if self.family == 6 else self.container_ip
+        return f"{self.proto} {h}:{self.host_port} -> {c}:{self.container_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Masq:
+    """Masquerade DNATed traffic from ``saddr`` (``None`` = any source, masqAll) to ``daddr``.
+
+    The hairpin case is ``saddr == daddr == container IP``; the IPv4 localhost
+    case is ``saddr = 127.0.0.1``.
+    """
+
+    family: int
+    saddr: str | None
+    daddr: str
+
+    def __str__(self) -> str:
+        return f"masquerade {self.saddr or 'any'} -> {self.daddr}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one attachment needs.  Built by :func:`make_plan`; pure data."""
+
+    owner: Owner
+    forwards: tuple[Forward, ...] = ()
+    masqs: tuple[Masq, ...] = ()
+    #: family -> parsed nftables-style conditions (table-wide, see nft backend)
+    conditions: dict = field(default_factory=dict)
+    #: family -> raw iptables-style condition tokens (per container, ipt backend)
+    raw_conditions: dict = field(default_factory=dict)
+    snat: bool = True
+    masq_all: bool = False
+    mark_bit: int = 13
+    external_mark_chain: str | None = None
+    #: (family, proto, host_port) whose stale conntrack entries are deleted after commit
+    conntrack_flush: tuple[tuple[int, str, int], ...] = ()
+    #: IPv4 container address whose route's interface gets route_localnet=1 (None: skip)
+    route_localnet_ip: str | None = None
+    #: container addresses with prefix, as found in prevResult (iptables hairpin uses them)
+    container_cidrs: dict = field(default_factory=dict)
+    #: all mappings of the config, in order (the iptables entry rules need even skipped ones)
+    all_mappings: tuple = ()
+
+    def families(self) -> tuple[int, ...]:
+        return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))
+
+    def describe(self) -> str:
+        """Human dry-run text: one line per object, grouped by kind."""
+        lines = [f"owner {self.owner.tag} network {self.owner.network!r}"]
+        lines += [f"  dnat {f}" for f in self.forwards]
+        lines += [f"  {m}" for m in self.masqs]
+        for fam, conds in sorted(self.conditions.items()):
+            if conds:
+                lines.append(f"  conditions ipv{fam}: " + " ".join(str(c) for c in conds))
+        for fam, proto, port in self.conntrack_flush:
+            lines.append(f"  conntrack delete ipv{fam} {proto} dport {port}")
+        if self.route_localnet_ip:
+            lines.append(f"  sysctl route_localnet=1 on route to {self.route_localnet_ip}")
+        return "\n".join(lines)
+
+
+def _family(ip: str) -> int:
+    a = ipaddress.ip_address(ip)
+    if a.version == 6 and a.ipv4_mapped is not None:
+        return 4
+    return a.version
+
+
+def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
+    """Build the plan for one attachment.
+
+    ``conf``: a decoded :class:`nlportmap.config.NetConf` (validated).
+    ``container_ips``: ``{4: "10.0.0.2/24" | None, 6: "fd00::2/64" | None}``
+    (interface form with prefix, as selected from prevResult by
+    :func:`nlportmap.result.container_ips`).
+    Mappings whose hostIP is of the other family are skipped for that family
+    (upstream §2.5); an unspecified hostIP means any local address.
+    Never raises for a validated config.
+    """
+    forwards: list[Forward] = []
+    masqs: list[Masq] = []
+    flush: list[tuple[int, str, int]] = []
+    mappings = tuple(conf.runtimeConfig.portMappings) if conf.runtimeConfig else ()
+    cidrs = {f: c for f, c in container_ips.items() if c}
+    for fam in (4, 6):
+        cidr = cidrs.get(fam)
+        if not cidr:
+            continue
+        cip = str(ipaddress.ip_interface(cidr).ip)
+        seen: set = set()
+        for m in mappings:
+            proto = m.protocol.lower()
+            hip = m.hostIP or None
+            if hip is not None:
+                if _family(hip) != fam:
+                    continue
+                a = ipaddress.ip_address(hip)
+                if a.version == 6 and a.ipv4_mapped is not None:
+                    a = a.ipv4_mapped
+                hip = None if a.is_unspecified else str(a)
+            fw = Forward(fam, proto, hip, m.hostPort, cip, m.containerPort)
+            if fw.key in seen:  # duplicate key in one config: first one wins (documented)
+                continue
+            seen.add(fw.key)
+            forwards.append(fw)
+        if not any(f.family == fam for f in forwards):
+            continue
+        if conf.snat:
+            if conf.masqAll:
+                masqs.append(Masq(fam, None, cip))
+            else:
+                masqs.append(Masq(fam, cip, cip))
+                if fam == 4:
+                    masqs.append(Masq(fam, "127.0.0.1", cip))
+        for m in mappings:
+            if m.protocol.lower() in ("udp", "sctp") and (fam, m.protocol.lower(), m.hostPort) not in flush:
+                flush.append((fam, m.protocol.lower(), m.hostPort))
+    v4 = cidrs.get(4)
+    route_ip = str(ipaddress.ip_interface(v4).ip) if (v4 and conf.snat and any(f.family == 4 for f in forwards)) else None
+    return Plan(
+        owner=owner,
+        forwards=tuple(forwards),
+        masqs=tuple(masqs),
+        conditions={4: conf.parsed_conditions(4), 6: conf.parsed_conditions(6)},
+        raw_conditions={4: conf.conditionsV4, 6: conf.conditionsV6},
+        snat=conf.snat,
+        masq_all=conf.masqAll,
+        mark_bit=conf.markMasqBit if conf.markMasqBit is not None else 13,
+        external_mark_chain=conf.externalSetMarkChain,
+        conntrack_flush=tuple(flush),
+        route_localnet_ip=route_ip,
+        container_cidrs=cidrs,
+        all_mappings=mappings,
+    )
