@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .conditions import Match
 
-__all__ = ["Owner", "Forward", "Masq", "Plan", "make_plan", "OWNER_COMMENT_MAX"]
+__all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COMMENT_MAX"]
 
 #: Longest owner comment we store (bytes).  nftables element/rule userdata is
 #: limited to 256 bytes (NFT_USERDATA_MAXLEN, include/uapi/linux/netfilter/nf_tables.h
@@ -132,6 +132,9 @@ class Plan:
     container_cidrs: dict = field(default_factory=dict)
     #: all mappings of the config, in order (the iptables entry rules need even skipped ones)
     all_mappings: tuple = ()
+    #: host-side keys (family, proto, host_ip|None, host_port) for BOTH families,
+    #: computed from portMappings alone: DEL finds its elements even without prevResult
+    host_keys: tuple[tuple[int, str, str | None, int], ...] = ()
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))
@@ -158,6 +161,39 @@ def _family(ip: str) -> int:
     return a.version
 
 
+def _norm_host_ip(host_ip: str | None, fam: int) -> "str | None | bool":
+    """hostIP for family ``fam``: None = any address, False = other family (skip)."""
+    if not host_ip:
+        return None
+    if _family(host_ip) != fam:
+        return False
+    a = ipaddress.ip_address(host_ip)
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    return None if a.is_unspecified else str(a)
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One installed forward as read back from the kernel (``nlportmap list``)."""
+
+    owner: "Owner | None"
+    family: int
+    proto: str
+    host_ip: str | None
+    host_port: int
+    container_ip: str
+    container_port: int
+    backend: str
+
+    def to_dict(self) -> dict:
+        o = self.owner
+        return {"containerID": o.container_id if o else None, "ifname": o.ifname if o else None,
+                "network": o.network if o else None, "family": self.family, "protocol": self.proto,
+                "hostIP": self.host_ip, "hostPort": self.host_port, "containerIP": self.container_ip,
+                "containerPort": self.container_port, "backend": self.backend}
+
+
 def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
     """Build the plan for one attachment.
 
@@ -182,14 +218,9 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
         seen: set = set()
         for m in mappings:
             proto = m.protocol.lower()
-            hip = m.hostIP or None
-            if hip is not None:
-                if _family(hip) != fam:
-                    continue
-                a = ipaddress.ip_address(hip)
-                if a.version == 6 and a.ipv4_mapped is not None:
-                    a = a.ipv4_mapped
-                hip = None if a.is_unspecified else str(a)
+            hip = _norm_host_ip(m.hostIP, fam)
+            if hip is False:
+                continue
             fw = Forward(fam, proto, hip, m.hostPort, cip, m.containerPort)
             if fw.key in seen:  # duplicate key in one config: first one wins (documented)
                 continue
@@ -207,6 +238,15 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
         for m in mappings:
             if m.protocol.lower() in ("udp", "sctp") and (fam, m.protocol.lower(), m.hostPort) not in flush:
                 flush.append((fam, m.protocol.lower(), m.hostPort))
+    host_keys: list = []
+    for fam in (4, 6):
+        for m in mappings:
+            hip = _norm_host_ip(m.hostIP, fam)
+            if hip is False:
+                continue
+            k = (fam, m.protocol.lower(), hip, m.hostPort)
+            if k not in host_keys:
+                host_keys.append(k)
     v4 = cidrs.get(4)
     route_ip = str(ipaddress.ip_interface(v4).ip) if (v4 and conf.snat and any(f.family == 4 for f in forwards)) else None
     return Plan(
@@ -223,4 +263,5 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
         route_localnet_ip=route_ip,
         container_cidrs=cidrs,
         all_mappings=mappings,
+        host_keys=tuple(host_keys),
     )

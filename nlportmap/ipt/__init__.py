@@ -1,0 +1,1 @@
+"""iptables fallback backend (iptables-restore text, upstream layout)."""

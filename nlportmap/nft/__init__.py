@@ -1,0 +1,1 @@
+"""nftables backend: netlink transport, layout, and the backend seam."""
