@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The demo command (README quick start): set up, then build throw-away namespaces,
+# run bridge -> host-local -> nlportmap, forward real TCP and UDP, DEL, clean up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec nlportmap demo "$@"

@@ -1,0 +1,85 @@
+"""Pure tests of the nftables layout: key/data encodings, conditions, golden bytes.
+
+The golden messages were checked against a 6.18 kernel (accepted, and `nft list
+ruleset` printed them as the layout docstring says).  They pin pyroute2's
+encoding so a pyroute2 upgrade or an encoder rewrite cannot silently change
+what we send.
+"""
+import pytest
+
+from nlportmap.conditions import Match
+from nlportmap.nft import layout as L
+from nlportmap.nft import netlink as N
+
+GOLDEN_HOSTPORTS_RULE = (
+    "f4000000060a050ce803000000000000020000000e0001006e6c706f72746d61700000000e000200686f7374706f727473"
+    "000000c000040024000100090001006d657461000000001400020008000100000000010800020000000010340001000c00"
+    "01007061796c6f616400240002000800010000000009080002000000000208000300000000020800040000000002340001"
+    "000b0001006c6f6f6b75700000240002000e000100686f7374706f7274730000000800020000000001080003000000000130"
+    "000100080001006e61740024000200080001000000000108000200000000020800030000000001080005000000000"
+    "9")
+GOLDEN_ELEMENT = (
+    "700000000c0a05040700000000000000020000000e0001006e6c706f72746d61700000000e000200686f7374706f727473"
+    "0000003c00030038000100100001000c000100060000001f900000100002000c0001000af400020050000012000600000c"
+    "63312f65746830206e6574000000")
+
+
+def test_hostports_rule_golden_bytes():
+    ops = L.skeleton(4, ())
+    rules = [o for o in ops if o[0] == N.NEWRULE and o[2]["attrs"][1][1] == "hostports"]
+    assert len(rules) == 2  # hostIP-specific map first, then any-address map
+    assert N.encode(rules[1], 1000).hex() == GOLDEN_HOSTPORTS_RULE
+
+
+def test_element_golden_bytes():
+    op = N.set_elems(True, N.NFPROTO_IPV4, L.TABLE, L.HOSTPORTS,
+                     [(L.proto_port("tcp", 8080), L.forward_data("10.244.0.2", 80), "c1/eth0 net")])
+    assert N.encode(op, 7).hex() == GOLDEN_ELEMENT
+
+
+@pytest.mark.parametrize("fam,proto,hip,port,container,cport", [
+    (4, "tcp", None, 8080, "10.244.0.2", 80),
+    (4, "udp", "192.168.1.10", 5353, "10.244.0.2", 53),
+    (6, "sctp", None, 65535, "fd00:244::2", 1),
+    (6, "tcp", "fd00:99::1", 1, "fd00:244::5", 65535),
+])
+def test_key_and_data_roundtrip(fam, proto, hip, port, container, cport):
+    s, k = L.forward_key(fam, proto, hip, port)
+    assert s == (L.HOSTPORTS if hip is None else L.HOSTIP_HOSTPORTS)
+    assert len(k) == (8 if hip is None else L.alen(fam) + 8)
+    assert L.parse_forward_key(fam, s, k) == (proto, hip, port)
+    d = L.forward_data(container, cport)
+    assert len(d) == L.alen(fam) + 4
+    assert L.parse_forward_data(fam, d) == (container, cport)
+
+
+def test_masq_keys():
+    assert L.masq_key(None, "10.0.0.2") == (L.MASQ_ALL, bytes([10, 0, 0, 2]))
+    s, k = L.masq_key("127.0.0.1", "10.0.0.2")
+    assert s == L.MASQ_PAIRS and k == bytes([127, 0, 0, 1, 10, 0, 0, 2])
+    assert L.parse_masq_key(4, s, k) == ("127.0.0.1", "10.0.0.2")
+
+
+def test_conditions_compile_to_alternatives():
+    eq = Match("saddr", False, ("10.0.0.0/8", "192.168.0.0/16"))
+    ne = Match("iifname", True, ("eth1", "eth2"))
+    alts = L.compile_conditions(4, (eq, ne))
+    assert len(alts) == 2                      # == {a, b}: two alternatives
+    assert all(len(a) == 2 + 4 for a in alts)  # prefix match (payload+cmp) + two != name matches
+    too_many = tuple(Match("saddr", False, tuple(f"10.{i}.0.0/16" for i in range(9))) for _ in range(2))
+    with pytest.raises(ValueError):
+        L.compile_conditions(4, too_many)
+
+
+def test_fingerprint_changes_with_conditions_and_family():
+    a = L.fingerprint(4, ())
+    b = L.fingerprint(4, (Match("saddr", True, ("10.0.0.0/8",)),))
+    assert a != b and a != L.fingerprint(6, ())
+    assert a.startswith(f"nlportmap/{L.LAYOUT_VERSION} ")
+
+
+def test_skeleton_has_guard_only_for_ipv4():
+    names4 = [N.op_name(o) for o in L.skeleton(4, ())]
+    names6 = [N.op_name(o) for o in L.skeleton(6, ())]
+    assert any("localnet_guard" in n for n in names4)
+    assert not any("localnet_guard" in n for n in names6)
