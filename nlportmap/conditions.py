@@ -21,8 +21,7 @@ Grammar (tokens are whitespace separated after joining the list with spaces;
     ADDR       := address | address "/" prefixlen   -- of the clause's family
     NAME       := bare or "double-quoted" interface name: 1..15 bytes,
                   optionally followed by one "*" wildcard; no "/", ":",
-                  whitespace, "." or ".."; "*" only at the end and not
-                  inside a multi-element set
+                  whitespace, "." or ".."; "*" only at the end
 
 Values of one set are ORed (set membership); ``!=`` negates the whole set.
 Address values are canonicalised with ``ipaddress.ip_network(strict=False)``
@@ -170,7 +169,7 @@ class _Parser:
         if field in ADDR_FIELDS:
             values = tuple(dict.fromkeys(self.address(v, label) for v in raw))
         else:
-            values = tuple(dict.fromkeys(self.ifname(v, label, len(raw) > 1) for v in raw))
+            values = tuple(dict.fromkeys(self.ifname(v, label) for v in raw))
         return Match(field, negate, values)
 
     def value_tokens(self, label: str) -> list[str]:
@@ -218,7 +217,7 @@ class _Parser:
                             f'conditionsV{self.family} needs {kind}')
         return str(net)
 
-    def ifname(self, tok: str, label: str, in_set: bool) -> str:
+    def ifname(self, tok: str, label: str) -> str:
         if tok.startswith('"'):
             if len(tok) < 2 or not tok.endswith('"'):
                 raise self.fail(f"unterminated quoted name {tok} after \"{label}\"")
@@ -237,8 +236,6 @@ class _Parser:
             problem = 'is "." or ".."'
         elif any(c in "/:\"\\" or c.isspace() for c in base):
             problem = "contains /, :, a quote, a backslash or whitespace"
-        elif in_set and name.endswith("*"):
-            problem = "uses a wildcard inside a multi-element set (not supported)"
         if problem:
             raise self.fail(f'interface name "{name}" after "{label}" {problem}')
         return name
