@@ -62,6 +62,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Mapping, Protocol, TextIO
 
+from . import __version__
 from .errors import (CNIError, DecodeFailure, IncompatibleVersion, InternalError,
                      InvalidConfig, InvalidEnvironment, InvalidNetns, IOFailure, error_json)
 from .gojson import ci_get, json_type
@@ -84,8 +85,8 @@ COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 #: Longest accepted ``CNI_CONTAINERID`` (characters); 200 + "/" + 15-byte ifname fits the
 #: 250-byte owner comment (plan.OWNER_COMMENT_MAX).  Runtimes use 64 hex digits.
 CONTAINER_ID_MAX = 200
-#: First line of the about text printed when ``CNI_COMMAND`` is unset.
-ABOUT = "CNI portmap plugin (nlportmap)"
+#: First line of the about text printed when ``CNI_COMMAND`` is unset (same as ``nlportmap`` CLI).
+ABOUT = f"CNI portmap plugin nlportmap {__version__}"
 
 # (variable, commands requiring it, validator) -- order matters for messages (§1.2).
 _ENV_VARS: tuple[tuple[str, frozenset, str | None], ...] = (

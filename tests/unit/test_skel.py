@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import nlportmap
 from nlportmap import skel
 from nlportmap.errors import CNIError, InvalidConfig, TryAgainLater
 
@@ -95,7 +96,7 @@ def test_no_command_prints_about_on_stderr():
     for e in ({}, {"CNI_COMMAND": ""}, {"CNI_COMMAND": "", "CNI_CONTAINERID": "bad id"}):
         o = run(e)
         assert (o.rc, o.out) == (0, "")
-        assert o.err == ("CNI portmap plugin (nlportmap)\n"
+        assert o.err == (f"CNI portmap plugin nlportmap {nlportmap.__version__}\n"
                          "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0\n")
 
 
