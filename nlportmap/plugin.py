@@ -23,10 +23,18 @@ def _debug() -> bool:
 class Plugin:
     """CNI handlers.  ``backend`` may be injected (tests, daemon); else chosen per request."""
 
-    def __init__(self, backend=None):
+    def __init__(self, backend=None, t0: float | None = None):
         self._backend = backend
         self.timings: dict[str, float] = {}
         self.last_plan = None
+        #: perf_counter() when main() started: the time until a handler runs is "decode"
+        self._t0 = t0
+
+    def _begin(self) -> float:
+        t = time.perf_counter()
+        if self._t0 is not None:
+            self.timings["decode"] = t - self._t0
+        return t
 
     # ------------------------------------------------------------ helpers
     def _lap(self, name: str, t0: float) -> float:
@@ -59,15 +67,22 @@ class Plugin:
         return decode_prev_result(conf.prevResult, conf.cniVersion)
 
     def _report(self, command: str) -> None:
+        path = os.environ.get("NLPORTMAP_TIMINGS_FILE")
+        if not (path or _debug()):
+            return
+        import json
+        line = json.dumps({"nlportmap": command, "timings_ms": {
+            k: round(v * 1000, 3) for k, v in self.timings.items()}}) + "\n"
         if _debug():
-            import json
-            sys.stderr.write(json.dumps({"nlportmap": command, "timings_ms": {
-                k: round(v * 1000, 3) for k, v in self.timings.items()}}) + "\n")
+            sys.stderr.write(line)
+        if path:
+            with open(path, "a") as f:
+                f.write(line)
 
     # ------------------------------------------------------------ commands
     def add(self, req) -> dict:
         """ADD: install the mappings, then side effects; returns prevResult to echo."""
-        t = time.perf_counter()
+        t = self._begin()
         prev = self._prev(req, "must be called as chained plugin")
         plan = self._plan(req, prev)
         t = self._lap("plan", t)
@@ -86,7 +101,7 @@ class Plugin:
 
     def delete(self, req) -> None:
         """DEL: remove what this attachment owns.  Never fails for missing state."""
-        t = time.perf_counter()
+        t = self._begin()
         try:
             prev = self._prev(req, None)
         except Exception:  # a broken cached result must not block teardown
@@ -95,8 +110,24 @@ class Plugin:
         t = self._lap("plan", t)
         backend = self.backend_for(req.conf)
         backend.unforward(plan)
-        self._lap("transaction", t)
+        t = self._lap("transaction", t)
+        self._cleanup_upstream(plan, backend)
+        self._lap("upstream_cleanup", t)
         self._report("DEL")
+
+    @staticmethod
+    def _cleanup_upstream(plan, backend) -> None:
+        """Migration: remove what the upstream Go portmap left for this container
+        (:func:`nlportmap.migrate.cleanup_upstream`).  Guarded: a failure is
+        reported on stderr and never fails DEL (a failing DEL wedges teardown).
+        ``NLPORTMAP_UPSTREAM_CLEANUP=0`` turns it off."""
+        if os.environ.get("NLPORTMAP_UPSTREAM_CLEANUP", "1") == "0":
+            return
+        try:
+            from .migrate import cleanup_upstream
+            cleanup_upstream(plan.owner, iptables=getattr(backend, "name", "") != "iptables")
+        except Exception as e:  # noqa: BLE001
+            sys.stderr.write(f"nlportmap: warning: could not remove upstream portmap state: {e}\n")
 
     def check(self, req) -> None:
         """CHECK: every element of the plan is present and owned by this attachment."""

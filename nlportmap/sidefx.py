@@ -49,10 +49,15 @@ def _open(proto: int) -> socket.socket:
     return s
 
 
-async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.0):
-    """Send one request; yield replies for ``seq`` until DONE/ERROR (errors raise OSError)."""
+async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.0) -> list[bytes]:
+    """Send one request; return the replies for ``seq`` up to DONE/ack (errors raise OSError).
+
+    A plain coroutine (not an async generator) so the cancel scope of the
+    deadline is always entered and left in the same task.
+    """
     import anyio
     s.send(data)
+    out: list[bytes] = []
     with anyio.fail_after(timeout):
         while True:
             await anyio.wait_readable(s)
@@ -64,16 +69,18 @@ async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.
             while off + 16 <= len(buf):
                 ln, typ, flg, sq, _ = struct.unpack_from("=IHHII", buf, off)
                 if ln < 16:
-                    return
+                    return out
                 if sq == seq:
                     if typ == NLMSG_DONE:
-                        return
+                        return out
                     if typ == NLMSG_ERROR:
                         code = -struct.unpack_from("=i", buf, off + 16)[0]
                         if code:
                             raise OSError(code, os.strerror(code))
-                        return
-                    yield buf[off: off + ln]
+                        return out
+                    out.append(buf[off: off + ln])
+                    if not flg & 0x2:  # not NLM_F_MULTI: a single answer
+                        return out
                 off += (ln + 3) & ~3
 
 
@@ -128,9 +135,8 @@ async def delete_conntrack(family: int, proto: str, port: int) -> int:
     try:
         if not os.environ.get(FORCE_FALLBACK_ENV):
             try:
-                async for _ in _exchange(s, _ct_msg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK,
-                                                    family, pnum, port, seq), seq):
-                    pass
+                await _exchange(s, _ct_msg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK,
+                                           family, pnum, port, seq), seq)
                 return -1
             except OSError as e:
                 if e.errno == errno.ENOENT:  # filter matched nothing
@@ -140,7 +146,7 @@ async def delete_conntrack(family: int, proto: str, port: int) -> int:
         # fallback: kernel-filtered dump (>= 5.8; older kernels dump all, so re-check here)
         seq += 1
         victims = []
-        async for raw in _exchange(s, _ct_msg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
+        for raw in await _exchange(s, _ct_msg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
                                               family, pnum, port, seq), seq):
             tup, p, dp = _orig_tuple(raw)
             if tup and p == pnum and dp == port:
@@ -152,8 +158,7 @@ async def delete_conntrack(family: int, proto: str, port: int) -> int:
             msg = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
                               NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
             try:
-                async for _ in _exchange(s, msg, seq):
-                    pass
+                await _exchange(s, msg, seq)
                 n += 1
             except OSError as e:
                 if e.errno != errno.ENOENT:  # expired meanwhile
@@ -174,7 +179,7 @@ async def route_oif(addr: str) -> str | None:
     msg = struct.pack("=IHHII", 16 + len(body), 26, NLM_F_REQUEST, seq, 0) + body
     s = _open(NETLINK_ROUTE)
     try:
-        async for raw in _exchange(s, msg, seq):
+        for raw in await _exchange(s, msg, seq):
             for ty, off, ln in _walk(raw, 28, len(raw)):
                 if ty == 4:  # RTA_OIF
                     idx = struct.unpack_from("=I", raw, off + 4)[0]
