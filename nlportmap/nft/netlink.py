@@ -244,6 +244,12 @@ def flush_chain(family: int, tbl: str, name: str) -> Op:
                           [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", name)])
 
 
+def del_rule(family: int, tbl: str, chn: str, handle: int) -> Op:
+    """DELRULE of one rule by handle (ENOENT if it is gone)."""
+    return DELRULE, 0, _m(nfts.nft_rule_msg, family,
+                          [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn), ("NFTA_RULE_HANDLE", handle)])
+
+
 def rule(family: int, tbl: str, chn: str, exprs: list, comment: str | None = None,
          flags: int = ADD) -> Op:
     """NEWRULE appended to chain ``chn``; ``comment`` becomes nftnl udata (<= 250 bytes)."""
