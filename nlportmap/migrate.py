@@ -1,0 +1,135 @@
+"""Remove what the upstream Go ``portmap`` left behind for one container.
+
+Nodes migrating from the upstream plugin still have containers whose rules
+upstream created.  When such a container is deleted (DEL now reaches
+nlportmap), :func:`cleanup_upstream` removes its upstream state:
+
+- nftables backend (reference ``portmap-behaviour.md`` §4.2, §4.7): in the
+  tables ``ip cni_hostport`` and ``ip6 cni_hostport``, the rules of chains
+  ``hostports``, ``hostip_hostports`` and ``masquerading`` whose comment equals
+  the container ID (all networks: upstream's identity is the ID alone, §6 item
+  21).  Dumped over netlink and deleted by handle in one batch guarded by the
+  ruleset generation id.  Tables, chains and the shared jump rules stay (as
+  upstream's own DEL leaves them).
+- iptables backend (§3.9): the chain ``CNI-DN-<sha512(name+id)>``, the legacy
+  ``CNI-SN-<...>``, and every rule jumping to them, via
+  :class:`nlportmap.ipt.backend.IptBackend` (only if that family's iptables
+  tools are usable).
+
+Missing tables, chains or tools mean there is nothing to do: this never fails
+for missing state.
+"""
+from __future__ import annotations
+
+import errno
+import random
+import time
+
+from .errors import KernelError, TryAgainLater
+from .lock import netns_lock
+
+__all__ = ["UPSTREAM_TABLE", "UPSTREAM_CHAINS", "cleanup_upstream"]
+
+#: Upstream nftables table (one per family ``ip``/``ip6``) and the chains holding
+#: per-container rules (§4.2; ``hostip_hostports`` is pre-v1.9.0 but still cleaned).
+UPSTREAM_TABLE = "cni_hostport"
+UPSTREAM_CHAINS = ("hostports", "hostip_hostports", "masquerading")
+_RETRY = {errno.ERESTART, errno.ENOENT, errno.EBUSY, errno.EINTR, errno.EAGAIN}
+_ATTEMPTS = 10
+
+
+def _nft_cleanup(sock, owner, families) -> int:
+    from .nft import netlink as N
+
+    for attempt in range(_ATTEMPTS):
+        gen = sock.genid()
+        ops = []
+        for fam in families:
+            for chain in UPSTREAM_CHAINS:
+                for r in sock.dump_rules(N.FAMILY[fam], UPSTREAM_TABLE, chain) or ():
+                    if r.comment == owner.container_id:
+                        ops.append(N.del_rule(N.FAMILY[fam], UPSTREAM_TABLE, chain, r.handle))
+        if not ops:
+            return 0
+        try:
+            sock.commit(ops, gen)
+            return len(ops)
+        except N.NftError as e:
+            code = e.errors[0][1]
+            if code not in _RETRY:
+                raise KernelError(f"error deleting upstream nftables rules: {e}") from e
+            time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
+    raise TryAgainLater(f"error deleting upstream nftables rules: ruleset kept changing ({_ATTEMPTS} attempts)")
+
+
+def _legacy_nat_present(fam: int) -> bool:
+    """Does this netns have an x_tables (legacy) ``nat`` table?  (thread-self: correct in setns threads)"""
+    name = "ip_tables_names" if fam == 4 else "ip6_tables_names"
+    try:
+        with open(f"/proc/thread-self/net/{name}") as f:
+            return "nat" in f.read().split()
+    except OSError:
+        return False
+
+
+def _ipt_may_hold(sock, fam: int, names) -> bool:
+    """Cheap pre-check (no exec): one of the chains ``names`` exists in iptables-nft's
+    ``nat`` table, or a legacy ``nat`` table exists (then only ``iptables-save`` can tell)."""
+    if _legacy_nat_present(fam):
+        return True
+    if sock is None:
+        return True
+    from .nft import netlink as N
+    try:
+        chains = sock.dump_chains(N.FAMILY[fam], "nat")
+    except OSError:
+        return True
+    return bool(chains) and any(n in chains for n in names)
+
+
+def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None) -> int:
+    """Remove the upstream plugin's state for ``owner``; returns the number of removals
+    (nft rules deleted + iptables restore lines applied).
+
+    ``owner``: :class:`nlportmap.plan.Owner` (``container_id`` and ``network`` are
+    used; ifname is not part of upstream identities).  ``families``: subset of
+    (4, 6).  ``iptables``: also clean the iptables layout (pass False when
+    nlportmap's own backend is iptables: its unforward already removed the same
+    chains).  ``ipt``: an :class:`~nlportmap.ipt.backend.IptBackend` to use
+    (tests pick a flavour); default one otherwise.
+
+    Never fails for missing state or unusable tools.  Raises
+    :class:`~nlportmap.errors.KernelError` if the kernel or iptables-restore
+    refuses a removal, :class:`~nlportmap.errors.TryAgainLater` if the nftables
+    ruleset kept changing.
+    """
+    families = tuple(f for f in (4, 6) if f in families)
+    total = 0
+    sock = None
+    try:
+        from .nft.netlink import NetfilterSocket
+        sock = NetfilterSocket()
+        sock.genid()
+    except (OSError, ImportError):
+        if sock is not None:
+            sock.close()
+        sock = None
+    try:
+        with netns_lock():
+            if sock is not None:
+                total += _nft_cleanup(sock, owner, families)
+            if iptables:
+                from .ipt import rules as R
+                from .ipt.backend import IptBackend
+                b = ipt or IptBackend()
+                dn = R.dn_chain(owner.network, owner.container_id)
+                sn = R.sn_chain(owner.network, owner.container_id)
+                for fam in families:
+                    if not _ipt_may_hold(sock, fam, (dn, sn)):
+                        continue
+                    total += b.teardown_chains(fam, [dn, sn], f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat")
+    finally:
+        if sock is not None:
+            sock.close()
+    return total
+
