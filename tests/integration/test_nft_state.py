@@ -1,0 +1,210 @@
+"""nlportmap's kernel state, read back over netlink: CHECK, DEL, re-ADD, bad input, concurrency.
+
+nlportmap is exec'd inside the node namespace exactly as a runtime does (env
+vars + JSON on stdin) with synthetic prevResults; the state is read back with
+our own netlink dump and, for operators' eyes, `nft list ruleset`.
+"""
+import json
+import subprocess
+import threading
+
+import pytest
+
+from nlpm_helpers import netconf, port_mapping, prev_result
+
+pytestmark = pytest.mark.root
+
+M = [port_mapping(8080, 80), port_mapping(5353, 53, "udp"), port_mapping(9443, 443, "tcp", "10.99.0.1")]
+
+
+def add(node, cid="c1", mappings=M, prev=None, **extra):
+    prev = prev or prev_result("10.244.0.5/24", "fd00:244::5/64")
+    rc, out, err = node.exec("ADD", netconf(mappings, prev, **extra), cid=cid)
+    assert rc == 0, (out, err)
+    return json.loads(out)
+
+
+def test_add_echoes_prev_result_and_installs_each_element(node):
+    prev = prev_result("10.244.0.5/24", "fd00:244::5/64")
+    out = add(node, prev=prev)
+    assert out["ips"] == prev["ips"] and out["interfaces"] == prev["interfaces"]
+    rows = {(r["family"], r["protocol"], r["hostIP"], r["hostPort"], r["containerIP"], r["containerPort"])
+            for r in node.listing() if r["containerID"] == "c1"}
+    assert rows == {
+        (4, "tcp", None, 8080, "10.244.0.5", 80), (4, "udp", None, 5353, "10.244.0.5", 53),
+        (4, "tcp", "10.99.0.1", 9443, "10.244.0.5", 443),
+        (6, "tcp", None, 8080, "fd00:244::5", 80), (6, "udp", None, 5353, "fd00:244::5", 53),
+    }
+    assert all(r["ifname"] == "eth0" and r["network"] == "nlpm-test" for r in node.listing())
+
+
+def test_check_passes_then_detects_a_removed_element(node):
+    add(node)
+    conf = netconf(M, prev_result("10.244.0.5/24", "fd00:244::5/64"))
+    assert node.exec("CHECK", conf, cid="c1")[0] == 0
+    node.host.run("nft", "delete", "element", "ip", "nlportmap", "hostports", "{ udp . 5353 }")
+    rc, out, _ = node.exec("CHECK", conf, cid="c1")
+    assert rc == 1
+    err = json.loads(out)
+    assert "missing DNAT udp 0.0.0.0:5353 -> 10.244.0.5:53" in err["msg"], err
+    assert "8080" not in err["msg"]  # only what is missing is named
+    # CHECK of another container that owns nothing fails too
+    assert node.exec("CHECK", conf, cid="c2")[0] == 1
+
+
+def test_re_add_replaces_and_never_duplicates(node):
+    add(node)
+    before = node.owned_by("c1")
+    add(node)  # identical re-ADD
+    assert node.owned_by("c1") == before
+    # restart: same container ID, new IP (runtimes.md): the DNAT now points at the new IP
+    add(node, prev=prev_result("10.244.0.6/24", None))
+    rows = [r for r in node.listing() if r["containerID"] == "c1" and r["family"] == 4]
+    assert sorted(r["containerIP"] for r in rows) == ["10.244.0.6"] * 3
+    assert len([e for k, e in node.owned_by("c1") if k == (4, "hostports")]) == 2
+
+
+def test_del_is_idempotent_and_needs_no_prev_result(node):
+    add(node, cid="c1")
+    add(node, cid="c2", mappings=[port_mapping(7070, 70)], prev=prev_result("10.244.0.7/24"))
+    no_prev = netconf(M)
+    for _ in range(2):
+        rc, out, err = node.exec("DEL", no_prev, cid="c1")
+        assert (rc, out) == (0, ""), err
+    assert node.owned_by("c1") == []          # masquerade entries found via the DNAT data
+    assert len(node.owned_by("c2")) == 3       # the other container is untouched
+    assert node.exec("DEL", no_prev, cid="never-added")[0] == 0
+
+
+def test_del_without_port_mappings_still_cleans_up(node):
+    """Upstream does nothing when the runtime omits portMappings on DEL; we scan for the owner."""
+    add(node, cid="c1")
+    add(node, cid="c2", mappings=[port_mapping(7070, 70)], prev=prev_result("10.244.0.7/24"))
+    conf = {"cniVersion": "1.0.0", "name": "nlpm-test", "type": "portmap"}
+    assert node.exec("DEL", conf, cid="c1")[0] == 0
+    assert node.owned_by("c1") == [] and len(node.owned_by("c2")) == 3
+
+
+def test_del_on_a_node_without_any_state_succeeds(node):
+    assert node.exec("DEL", netconf(M, prev_result()), cid="c1")[:2] == (0, "")
+    assert "nlportmap" not in node.ruleset()
+
+
+def test_table_deleted_by_operator_between_add_and_del(node):
+    add(node)
+    node.host.run("nft", "delete", "table", "ip", "nlportmap")
+    assert node.exec("DEL", netconf(M, prev_result("10.244.0.5/24", "fd00:244::5/64")), cid="c1")[0] == 0
+    assert node.owned_by("c1") == []
+    add(node)  # the next ADD rebuilds the table
+    assert len(node.owned_by("c1")) == 8
+
+
+BAD = [
+    ("host port 0", {"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80, "protocol": "tcp"}]}}, 7),
+    ("host port 70000", {"runtimeConfig": {"portMappings": [{"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}]}}, 7),
+    ("container port -1", {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": -1, "protocol": "tcp"}]}}, 7),
+    ("protocol icmp", {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}}, 7),
+    ("hostIP garbage", {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp", "hostIP": "10.0.0.300"}]}}, 7),
+    ("port as string", {"runtimeConfig": {"portMappings": [{"hostPort": "80", "containerPort": 80, "protocol": "tcp"}]}}, 6),
+    ("snat as string", {"snat": "true"}, 6),
+    ("nft condition token", {"conditionsV4": ["tcp", "dport", "80"]}, 7),
+    ("backend conflict", {"backend": "nftables", "externalSetMarkChain": "X"}, None),
+    ("unknown backend", {"backend": "pf"}, None),
+    ("mark bit 32", {"markMasqBit": 32}, None),
+    ("no prevResult", {"prevResult": None}, 7),
+    ("prevResult bad CIDR", {"prevResult": {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.999/24"}]}}, 6),
+    ("prevResult other version family", {"prevResult": {"cniVersion": "0.4.0", "ips": []}}, 6),
+]
+
+
+@pytest.mark.parametrize("label,patch,code", BAD, ids=[b[0] for b in BAD])
+def test_bad_config_fails_cleanly_and_changes_nothing(node, label, patch, code):
+    add(node, cid="existing")
+    before = node.ruleset()
+    conf = netconf([port_mapping(8080, 80)], prev_result())
+    conf.update(patch)
+    conf = {k: v for k, v in conf.items() if v is not None}
+    rc, out, err = node.exec("ADD", conf, cid="c-bad")
+    assert rc == 1, (out, err)
+    obj = json.loads(out)
+    assert isinstance(obj["code"], int) and obj["msg"], obj
+    if code is not None:
+        assert obj["code"] == code, obj
+    assert "Traceback" not in out + err
+    assert node.ruleset() == before
+
+
+def test_garbage_stdin_is_a_decode_error(node):
+    rc, out, _ = node.exec("ADD", b"{not json", cid="c1")
+    assert rc == 1 and json.loads(out)["code"] == 6
+    rc, out, _ = node.exec("ADD", netconf(M, prev_result()), cid="bad/id")
+    assert rc == 1 and json.loads(out)["code"] == 4
+
+
+def test_version_answers_with_dummy_environment(node):
+    rc, out, _ = node.exec("VERSION", {"cniVersion": "1.0.0"}, cid="", ifname="dummy", netns="dummy")
+    assert rc == 0
+    assert json.loads(out) == {"cniVersion": "1.1.0", "supportedVersions":
+                               ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_every_result_version_round_trips(node, version):
+    prev = prev_result("10.244.0.5/24", None, version=version)
+    out = add(node, cid="cv", prev=prev, version=version)
+    assert out["cniVersion"] == version and out["ips"] == prev["ips"]
+    assert node.exec("DEL", netconf(M, prev, version=version), cid="cv")[0] == 0
+
+
+def test_legacy_0_2_0_result(node):
+    prev = {"cniVersion": "0.2.0", "ip4": {"ip": "10.244.0.9/24", "gateway": "10.244.0.1"}}
+    add(node, cid="old", prev=prev, version="0.2.0")
+    assert {r["containerIP"] for r in node.listing() if r["containerID"] == "old"} == {"10.244.0.9"}
+
+
+def test_concurrent_adds_and_dels_never_fail(node):
+    """12 containers ADDed at once, then DELed at once, while a foreign nftables user
+    commits in a loop (bumps the generation id): every call succeeds, state is exact."""
+    stop = threading.Event()
+
+    def foreign():
+        i = 0
+        while not stop.is_set() and i < 400:
+            node.host.run("nft", "add", "table", "inet", f"other{i % 3}", check=False)
+            i += 1
+
+    churn = threading.Thread(target=foreign)
+    churn.start()
+    results = {}
+
+    def one(cmd, n):
+        prev = prev_result(f"10.244.0.{10 + n}/24", f"fd00:244::{10 + n:x}/64")
+        conf = netconf([port_mapping(20000 + n, 80), port_mapping(30000 + n, 53, "udp")], prev)
+        results[(cmd, n)] = node.exec(cmd, conf, cid=f"cc{n}")
+
+    try:
+        for cmd in ("ADD", "DEL"):
+            ts = [threading.Thread(target=one, args=(cmd, n)) for n in range(12)]
+            [t.start() for t in ts]
+            [t.join() for t in ts]
+            if cmd == "ADD":
+                owned = {n: len(node.owned_by(f"cc{n}")) for n in range(12)}
+                assert owned == {n: 4 + 1 + 2 for n in range(12)}
+    finally:
+        stop.set()
+        churn.join()
+    failures = {k: v for k, v in results.items() if v[0] != 0}
+    assert not failures
+    assert all(not node.owned_by(f"cc{n}") for n in range(12))
+
+
+def test_operator_can_read_the_layout(node):
+    add(node)
+    text = node.ruleset()
+    assert 'comment "nlportmap: CNI portmap hostPort forwarding' in text
+    assert 'tcp . 8080 comment "c1/eth0 nlpm-test" : 10.244.0.5 . 80' in text
+    assert "dnat ip to meta l4proto . th dport map @hostports" in text
+    assert 'iifname != "lo" ip daddr 127.0.0.0/8' in text
+    cp = subprocess.run(["ip", "netns", "exec", node.host.name, "nft", "-j", "list", "ruleset"],
+                        capture_output=True, text=True)
+    assert cp.returncode == 0 and json.loads(cp.stdout)  # nft understands every object we wrote
