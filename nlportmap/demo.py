@@ -29,6 +29,15 @@ def plugin_executable() -> str:
     return found
 
 
+def _chain_names(conflist: dict) -> list[str]:
+    out = []
+    for p in conflist["plugins"]:
+        out.append(p["type"] if p["type"] != "portmap" else "nlportmap (type portmap)")
+        if (p.get("ipam") or {}).get("type"):
+            out.append(p["ipam"]["type"])
+    return out
+
+
 def _ms(s: float) -> str:
     return f"{s * 1000:7.1f} ms"
 
@@ -62,7 +71,7 @@ def run_demo(ipv6: bool = True, plugin: str | None = None, out=None) -> int:
             mappings = [port_mapping(8080, 80, "tcp"), port_mapping(5353, 53, "udp"),
                         port_mapping(8081, 80, "tcp", t.host_ip4)]
             conflist = t.make_conflist({}, name="demo-net")
-            say(f"chain: {' -> '.join(p['type'] for p in conflist['plugins'])}; portMappings: "
+            say(f"chain: {' -> '.join(_chain_names(conflist))}; portMappings: "
                 + ", ".join(f"{m['protocol']} {m.get('hostIP', '*')}:{m['hostPort']}->{m['containerPort']}"
                             for m in mappings))
             t0 = time.perf_counter()
