@@ -22,7 +22,11 @@ DEFAULT_DIR = "/run/nlportmap"
 
 def lock_path() -> str:
     d = os.environ.get("NLPORTMAP_LOCK_DIR") or DEFAULT_DIR
-    ino = os.stat("/proc/self/ns/net").st_ino
+    # thread-self: a thread that setns()ed (tests, daemon workers) locks its own netns
+    try:
+        ino = os.stat("/proc/thread-self/ns/net").st_ino
+    except FileNotFoundError:  # kernels < 3.17
+        ino = os.stat("/proc/self/ns/net").st_ino
     return os.path.join(d, f"netns-{ino}.lock")
 
 
