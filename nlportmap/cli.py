@@ -57,7 +57,7 @@ def cmd_list(args) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return 0
-    head = ("CONTAINER", "IFNAME", "NETWORK", "PROTO", "HOST", "CONTAINER-ADDR", "BACKEND")
+    head = ("CONTAINER", "IFNAME", "NETWORK", "PROTO", "HOST", "CONTAINER-ADDR", "BACKEND", "STATE")
     table = [head]
     for r in rows:
         o = r.owner
@@ -65,7 +65,7 @@ def cmd_list(args) -> int:
         host = f"[{hip}]:{r.host_port}" if r.family == 6 else f"{hip}:{r.host_port}"
         cont = f"[{r.container_ip}]:{r.container_port}" if r.family == 6 else f"{r.container_ip}:{r.container_port}"
         table.append((o.container_id[:20] if o else "?", o.ifname if o else "?", o.network if o else "?",
-                      r.proto, host, cont, r.backend))
+                      r.proto, host, cont, r.backend, r.state))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())

@@ -20,7 +20,7 @@ __all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COM
 #: Longest owner comment we store (bytes).  nftables element/rule userdata is
 #: limited to 256 bytes (NFT_USERDATA_MAXLEN, include/uapi/linux/netfilter/nf_tables.h
 #: era 5.x); a TLV header takes 2, the NUL 1.  We keep a margin.
-OWNER_COMMENT_MAX = 250
+OWNER_COMMENT_MAX = 236  # + " @<13-digit ms timestamp>" stays under 253 (2-byte TLV header, NUL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,11 @@ class Owner:
             c = b[:OWNER_COMMENT_MAX].decode(errors="ignore")
         return c
 
+    def stamped(self, ms: int) -> str:
+        """The comment stored on elements: ``comment`` + ``" @<ms since epoch>"`` (creation
+        time; GC spares elements created after it started)."""
+        return f"{self.comment} @{ms}"
+
     @staticmethod
     def tag_of(comment: str | None) -> str | None:
         """The identity tag inside a stored comment (``None`` if not ours)."""
@@ -56,13 +61,23 @@ class Owner:
         return comment.split(" ", 1)[0]
 
     @staticmethod
+    def created_ms(comment: str | None) -> int | None:
+        """The creation stamp of a stored comment (None if absent)."""
+        if comment and " @" in comment:
+            t = comment.rsplit(" @", 1)[1]
+            if t.isdigit():
+                return int(t)
+        return None
+
+    @staticmethod
     def parse(comment: str | None) -> "Owner | None":
         """Rebuild an owner from a stored comment (for listings and GC)."""
         tag = Owner.tag_of(comment)
         if not tag or "/" not in tag:
             return None
         cid, ifname = tag.rsplit("/", 1)
-        net = comment.split(" ", 1)[1] if " " in comment else ""
+        parts = comment.split(" ")
+        net = parts[1] if len(parts) > 1 and not parts[1].startswith("@") else ""
         return Owner(cid, ifname, net)
 
 
@@ -185,13 +200,15 @@ class Listed:
     container_ip: str
     container_port: int
     backend: str
+    #: "active" (packets use it) or "shadowed" (taken over by a newer ADD; restored on its DEL)
+    state: str = "active"
 
     def to_dict(self) -> dict:
         o = self.owner
         return {"containerID": o.container_id if o else None, "ifname": o.ifname if o else None,
                 "network": o.network if o else None, "family": self.family, "protocol": self.proto,
                 "hostIP": self.host_ip, "hostPort": self.host_port, "containerIP": self.container_ip,
-                "containerPort": self.container_port, "backend": self.backend}
+                "containerPort": self.container_port, "backend": self.backend, "state": self.state}
 
 
 def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:

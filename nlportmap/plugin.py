@@ -29,6 +29,8 @@ class Plugin:
         self.last_plan = None
         #: perf_counter() when main() started: the time until a handler runs is "decode"
         self._t0 = t0
+        #: wall clock (s) of that moment: GC spares elements created after it
+        self._wall0 = time.time() - (time.perf_counter() - t0 if t0 is not None else 0.0)
 
     def _begin(self) -> float:
         t = time.perf_counter()
@@ -140,8 +142,12 @@ class Plugin:
         """GC (CNI 1.1): remove everything not owned by a listed attachment."""
         valid = {f"{a.containerID}/{a.ifname}" for a in (req.conf.valid_attachments or ())}
         from .backends import all_backends
+        started_ms = int(self._wall0 * 1000)
         for b in all_backends(req.conf):
-            b.gc(valid)
+            if getattr(b, "name", "") == "nftables":
+                b.gc(valid, req.conf.name, started_ms=started_ms)
+            else:
+                b.gc(valid, req.conf.name)
 
     def status(self, req) -> None:
         """STATUS (CNI 1.1): succeed iff the backend this config would use is usable."""

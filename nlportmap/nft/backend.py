@@ -8,10 +8,11 @@ committed in between.  ADD and DEL read only their own keys (single-element
 gets), so their cost does not depend on how many mappings the node holds.
 
 Conflicts: a host port claimed by another owner is taken over by the newest
-ADD (``conflictPolicy: replace``, the default) or refused naming the current
-owner (``reject``).  DEL deletes an element only if its comment names this
-owner, so deleting a container whose port was taken over leaves the new owner
-intact.
+ADD (``conflictPolicy: replace``, the default; the displaced claim is kept in
+the ``claims`` map) or refused naming the current owner (``reject``).  DEL
+deletes an element only if its comment names this owner, so deleting the
+displaced container leaves the new owner intact, and deleting the new owner
+gives the port back to the displaced one.
 """
 from __future__ import annotations
 
@@ -104,20 +105,25 @@ class NftBackend:
     def forward(self, plan: Plan, conflict_policy: str = "replace") -> int:
         """Install ``plan`` in one transaction; returns the number of ops committed.
 
+        A host port owned by another attachment is taken over (``replace``: the
+        displaced owner's element is kept as a shadowed claim in ``claims`` and
+        restored when the new owner is deleted) or refused (``reject``).
         Raises :class:`ConflictError` (policy ``reject``), :class:`TryAgainLater`,
         :class:`KernelError`.  Re-ADD of the same owner replaces its elements.
         """
         fams = plan.families()
         if not fams:
             return 0
-        try:
-            conds = {f: L.compile_conditions(f, plan.conditions.get(f)) for f in fams}
-        except ValueError as e:
-            raise InvalidConfig(f"conditions: {e}") from None
-        del conds
+        for f in fams:  # reject bad conditions before touching anything
+            try:
+                L.compile_conditions(f, plan.conditions.get(f))
+            except ValueError as e:
+                raise InvalidConfig(f"conditions: {e}") from None
         wanted = self._wanted(plan)
         me = plan.owner.tag
-        comment = plan.owner.comment
+        base = plan.owner.comment
+        comment = plan.owner.stamped(int(time.time() * 1000))
+        my_claims = [(f.family, L.claim_key(f.proto, f.host_ip, f.host_port, me)) for f in plan.forwards]
 
         def build(gen):
             ok = self._skeleton_ok(fams, plan)
@@ -125,29 +131,66 @@ class NftBackend:
             for fam in fams:
                 if not ok[fam]:
                     ops += L.skeleton(fam, plan.conditions.get(fam))
-            have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted])
+            q = [(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted]
+            q += [(N.FAMILY[f], L.TABLE, L.CLAIMS, k) for f, k in my_claims]
+            got = self.sock.get_elems(q)
+            have, claims_have = got[:len(wanted)], got[len(wanted):]
             dels: dict = {}
             adds: dict = {}
             for (fam, s, k, d, label), cur in zip(wanted, have):
                 if cur is not None:
                     owner = Owner.tag_of(cur.comment)
-                    if owner == me and cur.data == d and cur.comment == comment:
-                        continue  # identical: nothing to do
-                    if owner != me and conflict_policy == "reject":
-                        raise ConflictError(
-                            f"host port already in use: {label} is owned by {cur.comment or 'unknown'}",
-                            details=cur.comment or "")
+                    if owner == me and cur.data == d and (cur.comment or "").split(" @")[0] == base:
+                        continue  # identical: nothing to do (keeps its creation stamp)
+                    if owner != me:
+                        if conflict_policy == "reject":
+                            raise ConflictError(
+                                f"host port already in use: {label} is owned by {cur.comment or 'unknown'}",
+                                details=cur.comment or "")
+                        if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS) and owner and cur.data:
+                            proto, hip, port = L.parse_forward_key(fam, s, k)
+                            adds.setdefault((fam, L.CLAIMS), []).append(
+                                (L.claim_key(proto, hip, port, owner),
+                                 L.claim_data_from_live(fam, cur.data), cur.comment))
                     dels.setdefault((fam, s), []).append((k, None, None))
                 adds.setdefault((fam, s), []).append((k, d, comment))
-            for (fam, s), items in dels.items():
-                for ch in _chunks(items):
-                    ops.append(N.set_elems(False, N.FAMILY[fam], L.TABLE, s, ch))
-            for (fam, s), items in adds.items():
-                for ch in _chunks(items):
-                    ops.append(N.set_elems(True, N.FAMILY[fam], L.TABLE, s, ch))
-            return ops
+            for (fam, k), cur in zip(my_claims, claims_have):
+                if cur is not None:  # we were shadowed before; now we own the port again
+                    dels.setdefault((fam, L.CLAIMS), []).append((k, None, None))
+            return ops + self._elem_ops(dels, adds)
 
         return self._transact(build, "ADD")
+
+    @staticmethod
+    def _elem_ops(dels: dict, adds: dict) -> list:
+        ops = []
+        for (fam, s), items in dels.items():
+            for ch in _chunks(items):
+                ops.append(N.set_elems(False, N.FAMILY[fam], L.TABLE, s, ch))
+        for (fam, s), items in adds.items():
+            for ch in _chunks(items):
+                ops.append(N.set_elems(True, N.FAMILY[fam], L.TABLE, s, ch))
+        return ops
+
+    def _promotions(self, freed: dict[int, list], doomed, dels: dict, adds: dict) -> None:
+        """For live keys being freed, promote one surviving shadowed claim (dumps ``claims``:
+        its size is the number of conflicts on the node, not of mappings)."""
+        for fam, keys in freed.items():
+            if not keys:
+                continue
+            claims = self.sock.dump_elems(N.FAMILY[fam], L.TABLE, L.CLAIMS) or []
+            by_prefix: dict[bytes, list] = {}
+            for c in claims:
+                by_prefix.setdefault(c.key[:24], []).append(c)
+            for s, k in keys:
+                proto, hip, port = L.parse_forward_key(fam, s, k)
+                for c in by_prefix.get(L.claim_prefix(proto, hip, port), []):
+                    if doomed(c.comment) or not c.data:
+                        continue
+                    dels.setdefault((fam, L.CLAIMS), []).append((c.key, None, None))
+                    adds.setdefault((fam, s), []).append((k, L.live_data_from_claim(fam, c.data), c.comment))
+                    by_prefix[c.key[:24]].remove(c)
+                    break
 
     # ----------------------------------------------------------------- DEL
     def unforward(self, plan: Plan) -> int:
@@ -155,24 +198,34 @@ class NftBackend:
 
         Keys come from the mappings (both families, no prevResult needed); the
         masquerade keys from the container IPs (prevResult, or the data of our
-        own DNAT elements).  Without any mapping (the runtime sent none) it
+        own DNAT elements).  A port this owner had taken over goes back to the
+        shadowed claimant.  Without any mapping (the runtime sent none) it
         falls back to scanning the sets for the owner's comment (O(n), rare).
         """
         me = plan.owner.tag
         if not plan.host_keys:
-            return self._unforward_scan(me)
+            return self._remove_where(lambda c: Owner.tag_of(c) == me, "DEL")
+
+        def mine(comment):
+            return Owner.tag_of(comment) == me
 
         def build(gen):
             q = []
             for fam, proto, hip, port in plan.host_keys:
                 s, k = L.forward_key(fam, proto, hip, port)
-                q.append((N.FAMILY[fam], L.TABLE, s, k))
-            have = self.sock.get_elems(q)
+                q.append((fam, s, k))
+            q += [(fam, L.CLAIMS, L.claim_key(proto, hip, port, me)) for fam, proto, hip, port in plan.host_keys]
+            have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in q])
             dels: dict = {}
+            adds: dict = {}
+            freed: dict[int, list] = {4: [], 6: []}
             pod_ips: dict[int, set] = {4: set(), 6: set()}
-            for (fam, *_), (F, _, s, k), cur in zip(plan.host_keys, q, have):
-                if cur is not None and Owner.tag_of(cur.comment) == me:
-                    dels.setdefault((fam, s), []).append((k, None, None))
+            for (fam, s, k), cur in zip(q, have):
+                if cur is None or Owner.tag_of(cur.comment) != me:
+                    continue
+                dels.setdefault((fam, s), []).append((k, None, None))
+                if s != L.CLAIMS:
+                    freed[fam].append((s, k))
                     if cur.data:
                         pod_ips[fam].add(L.parse_forward_data(fam, cur.data)[0])
             for m in plan.masqs:
@@ -187,25 +240,26 @@ class NftBackend:
             for (fam, s, k), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in mq])):
                 if cur is not None and Owner.tag_of(cur.comment) == me:
                     dels.setdefault((fam, s), []).append((k, None, None))
-            return [N.set_elems(False, N.FAMILY[fam], L.TABLE, s, ch)
-                    for (fam, s), items in dels.items() for ch in _chunks(items)]
+            self._promotions(freed, mine, dels, adds)
+            return self._elem_ops(dels, adds)
 
         return self._transact(build, "DEL")
 
-    def _unforward_scan(self, me: str) -> int:
-        return self._remove_where(lambda tag: tag == me, "DEL")
-
     def _remove_where(self, doomed, what: str) -> int:
+        """Delete every element whose comment satisfies ``doomed``, promoting surviving claims."""
         def build(gen):
-            ops = []
+            dels: dict = {}
+            adds: dict = {}
+            freed: dict[int, list] = {4: [], 6: []}
             for fam in (4, 6):
                 for s in L.SETS:
-                    els = self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s)
-                    if not els:
-                        continue
-                    items = [(e.key, None, None) for e in els if doomed(Owner.tag_of(e.comment))]
-                    ops += [N.set_elems(False, N.FAMILY[fam], L.TABLE, s, ch) for ch in _chunks(items)]
-            return ops
+                    for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s) or ():
+                        if doomed(e.comment):
+                            dels.setdefault((fam, s), []).append((e.key, None, None))
+                            if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS):
+                                freed[fam].append((s, e.key))
+            self._promotions(freed, doomed, dels, adds)
+            return self._elem_ops(dels, adds)
         return self._transact(build, what)
 
     # ----------------------------------------------------------------- CHECK
@@ -234,12 +288,28 @@ class NftBackend:
             raise InternalError("CHECK failed: " + "; ".join(problems))
 
     # ----------------------------------------------------------------- GC / list
-    def gc(self, valid_tags: set[str]) -> int:
-        """Remove every element whose owner tag is not in ``valid_tags``; returns ops committed."""
-        return self._remove_where(lambda tag: tag not in valid_tags, "GC")
+    def gc(self, valid_tags: set[str], network: str | None = None, started_ms: int | None = None) -> int:
+        """CNI GC: remove every element of ``network`` (all networks if None) whose owner
+        tag (``containerID/ifname``) is not in ``valid_tags``; returns ops committed.
+
+        Elements created at or after ``started_ms`` (default: now) survive, so an
+        ADD racing the GC is never undone.  Elements are matched on the owner
+        comment, so GC reads the whole table (O(n); GC is rare).
+        """
+        start = int(time.time() * 1000) if started_ms is None else started_ms
+
+        def doomed(comment):
+            o = Owner.parse(comment)
+            if o is None or o.tag in valid_tags or (network is not None and o.network != network):
+                return False
+            created = Owner.created_ms(comment)
+            return created is None or created < start
+
+        return self._remove_where(doomed, "GC")
 
     def list(self) -> list[Listed]:
-        """Every forward installed on this node (dumps the maps: O(n), operator path)."""
+        """Every forward on this node, active ones first, then shadowed claims
+        (dumps the maps: O(n), operator path)."""
         out = []
         for fam in (4, 6):
             for s in (L.HOSTIP_HOSTPORTS, L.HOSTPORTS):
@@ -247,12 +317,27 @@ class NftBackend:
                     proto, hip, hport = L.parse_forward_key(fam, s, e.key)
                     cip, cport = L.parse_forward_data(fam, e.data or b"")
                     out.append(Listed(Owner.parse(e.comment), fam, proto, hip, hport, cip, cport, self.name))
+        for fam in (4, 6):
+            for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, L.CLAIMS) or ():
+                proto, hip, hport = L.parse_claim_key(fam, e.key)
+                cip, cport = L.parse_forward_data(fam, L.live_data_from_claim(fam, e.data or bytes(20)))
+                out.append(Listed(Owner.parse(e.comment), fam, proto, hip, hport, cip, cport, self.name,
+                                  state="shadowed"))
         return out
 
     def usable(self) -> str | None:
-        """None if nf_tables answers over netlink here, else the reason."""
+        """None if nf_tables accepts our transactions here, else the reason.
+
+        Probes with a transaction that deletes a table that never exists: ENOENT
+        proves the kernel parsed and authorised a batch (EPERM without
+        CAP_NET_ADMIN, EPROTONOSUPPORT/ENOENT socket errors without nf_tables).
+        """
         try:
-            self.sock.genid()
-            return None
+            self.sock.commit([N.del_table(N.NFPROTO_IPV4, "nlportmap_status_probe")])
+        except N.NftError as e:
+            if e.errors[0][1] == errno.ENOENT:
+                return None
+            return f"nf_tables refused a transaction: {e.strerror}"
         except OSError as e:
             return f"nf_tables not reachable over netlink: {e}"
+        return None  # pragma: no cover - the probe table exists?

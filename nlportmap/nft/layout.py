@@ -7,6 +7,9 @@
       map hostip_hostports { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
       set masq_pairs       { type ipv4_addr . ipv4_addr }   # saddr . daddr (hairpin, 127.0.0.1)
       set masq_all         { type ipv4_addr }               # daddr (masqAll)
+      map claims           { type ipv6_addr . inet_proto . inet_service . ipv6_addr : ipv6_addr . inet_service }
+                             # shadowed claims: hostIP (:: = any; IPv4 as ::ffff:a.b.c.d) . proto . port
+                             # . owner hash -> pod . port; promoted when the current owner is deleted
       chain prerouting  { type nat hook prerouting priority -100; [conditions] fib daddr type local jump hostports }
       chain output      { type nat hook output priority -100;     [conditions] fib daddr type local jump hostports }
       chain hostports   { dnat ip to ip daddr . meta l4proto . th dport map @hostip_hostports
@@ -32,14 +35,15 @@ import hashlib
 from . import netlink as N
 
 TABLE = "nlportmap"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 TABLE_COMMENT = "nlportmap: CNI portmap hostPort forwarding (managed by nlportmap; see 'nlportmap list')"
 
 HOSTPORTS = "hostports"
 HOSTIP_HOSTPORTS = "hostip_hostports"
 MASQ_PAIRS = "masq_pairs"
 MASQ_ALL = "masq_all"
-SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL)
+CLAIMS = "claims"
+SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS)
 
 
 def alen(fam: int) -> int:
@@ -104,6 +108,54 @@ def parse_masq_key(fam: int, set_name: str, key: bytes) -> tuple[str | None, str
     return socket.inet_ntop(af, key[:n]), socket.inet_ntop(af, key[n:2 * n])
 
 
+# -------------------------------------------------------------------- claims
+def owner_hash(tag: str) -> bytes:
+    """16 bytes identifying an owner tag inside a claim key (sha256 prefix)."""
+    return hashlib.sha256(tag.encode()).digest()[:16]
+
+
+def _v6(addr: str | None) -> bytes:
+    if addr is None:
+        return bytes(16)
+    b = N.ip_bytes(addr)
+    return b if len(b) == 16 else bytes(10) + b"\xff\xff" + b
+
+
+def claim_prefix(proto: str, host_ip: str | None, port: int) -> bytes:
+    """The forward-key part of a claim key (first 24 bytes)."""
+    return _v6(host_ip) + proto_port(proto, port)
+
+
+def claim_key(proto: str, host_ip: str | None, port: int, tag: str) -> bytes:
+    return claim_prefix(proto, host_ip, port) + owner_hash(tag)
+
+
+def claim_data(container_ip: str, container_port: int) -> bytes:
+    return _v6(container_ip) + N.pad4(container_port.to_bytes(2, "big"))
+
+
+def live_data_from_claim(fam: int, data: bytes) -> bytes:
+    """Claim data (v6 / v4-mapped address . port) -> the live map's data for family ``fam``."""
+    addr = data[:16] if fam == 6 else data[12:16]
+    return addr + data[16:20]
+
+
+def claim_data_from_live(fam: int, data: bytes) -> bytes:
+    n = alen(fam)
+    return (data[:n] if fam == 6 else bytes(10) + b"\xff\xff" + data[:n]) + data[n:n + 4]
+
+
+def parse_claim_key(fam: int, key: bytes) -> tuple[str, str | None, int]:
+    """-> (proto, host_ip or None, host_port) of a claim key."""
+    import socket
+    protos = {v: k for k, v in N.L4PROTO.items()}
+    raw = key[:16]
+    hip = None
+    if raw != bytes(16):
+        hip = socket.inet_ntop(socket.AF_INET, raw[12:]) if fam == 4 else socket.inet_ntop(socket.AF_INET6, raw)
+    return protos.get(key[16], str(key[16])), hip, int.from_bytes(key[20:22], "big")
+
+
 # --------------------------------------------------------------- conditions
 MAX_CONDITION_RULES = 64
 
@@ -162,6 +214,10 @@ def skeleton(fam: int, conds) -> list:
                          comment="masquerade DNATed saddr . daddr (hairpin, localhost)", set_id=3))
     ops.append(N.new_set(F, T, MASQ_ALL, t, a,
                          comment="masquerade all DNATed traffic to these pods (masqAll)", set_id=4))
+    ops.append(N.new_set(F, T, CLAIMS, N.concat_type(N.T_IPV6, N.T_PROTO, N.T_SERVICE, N.T_IPV6), 40,
+                         N.concat_type(N.T_IPV6, N.T_SERVICE), 20,
+                         comment="shadowed hostPort claims (hostIP . proto . port . owner hash); "
+                                 "restored when the current owner is deleted", set_id=5))
     ops += [
         N.chain(F, T, "hostports", comment="DNAT by map lookup"),
         N.chain(F, T, "prerouting", "prerouting", -100, comment="traffic to local addresses -> hostports"),

@@ -5,6 +5,7 @@ vars + JSON on stdin) with synthetic prevResults; the state is read back with
 our own netlink dump and, for operators' eyes, `nft list ruleset`.
 """
 import json
+import re
 import subprocess
 import threading
 
@@ -202,7 +203,7 @@ def test_operator_can_read_the_layout(node):
     add(node)
     text = node.ruleset()
     assert 'comment "nlportmap: CNI portmap hostPort forwarding' in text
-    assert 'tcp . 8080 comment "c1/eth0 nlpm-test" : 10.244.0.5 . 80' in text
+    assert re.search(r'tcp \. 8080 comment "c1/eth0 nlpm-test @\d{13}" : 10\.244\.0\.5 \. 80', text), text
     assert "dnat ip to meta l4proto . th dport map @hostports" in text
     assert 'iifname != "lo" ip daddr 127.0.0.0/8' in text
     cp = subprocess.run(["ip", "netns", "exec", node.host.name, "nft", "-j", "list", "ruleset"],
