@@ -1,7 +1,9 @@
 """Entry point: the CNI plugin when ``CNI_COMMAND`` is set, else the operator CLI.
 
-Kept to the standard library at import time: the plugin path imports only
-what the request needs (see ``nlportmap.skel`` and ``nlportmap.plugin``).
+The plugin path goes straight to :mod:`nlportmap.shim` (built-in modules only),
+which hands the request to a running ``nlportmap daemon`` or, failing that,
+does it in-process (importing only what the request needs; see
+``nlportmap.skel`` and ``nlportmap.plugin``).
 """
 import os
 import sys
@@ -12,9 +14,8 @@ def main(argv=None) -> int:
     """Console-script entry (installed as ``nlportmap`` and ``portmap``)."""
     if argv is None and "CNI_COMMAND" in os.environ:
         t0 = time.perf_counter()
-        from .skel import run
-        from .plugin import Plugin
-        return run(os.environ, sys.stdin.buffer, sys.stdout, sys.stderr, Plugin(t0=t0))
+        from .shim import plugin_main
+        return plugin_main(t0)
     from .cli import main as cli_main
     return cli_main(sys.argv[1:] if argv is None else argv)
 

@@ -5,6 +5,7 @@
 ``list``  the mappings installed on this node, read over netlink.
 ``plan``  dry-run: decode a CNI config from stdin and print the plan and the
           objects of the transaction, changing nothing.
+``daemon``  serve plugin requests from a resident process (see nlportmap.daemon)
 ``version``
 """
 from __future__ import annotations
@@ -38,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="dry-run: read a CNI config on stdin, print the plan and transaction objects")
     pl.add_argument("--container-id", default="dry-run")
     pl.add_argument("--ifname", default="eth0")
+    dm = sub.add_parser("daemon", help="serve plugin requests from a resident process (root; see docs/performance.md)")
+    dm.add_argument("--socket", default=None,
+                    help="Unix socket path (default: $NLPORTMAP_SOCKET or /run/nlportmap/daemon.sock)")
+    dm.add_argument("--mode", default="0600", help="socket file permissions, octal (default 0600)")
+    dm.add_argument("--max-clients", type=int, default=128, help="concurrent requests before refusing")
+    dm.add_argument("--verbose", action="store_true", help="log every request on stderr")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -119,6 +126,9 @@ def main(argv: list[str]) -> int:
         return cmd_list(args)
     if args.cmd == "plan":
         return cmd_plan(args)
+    if args.cmd == "daemon":
+        from .daemon import main as daemon_main
+        return daemon_main(args.socket, int(args.mode, 8), args.max_clients, args.verbose)
     if args.cmd == "demo":
         if os.geteuid() != 0:
             print("nlportmap demo: needs root (it creates network namespaces)", file=sys.stderr)

@@ -1,0 +1,482 @@
+"""``nlportmap daemon``: serve plugin requests from a resident process.
+
+The exec'd plugin (:mod:`nlportmap.shim`) forwards its environment and stdin
+over a Unix socket; this process runs the very same code path as an
+in-process plugin -- :func:`nlportmap.skel.run` with a
+:class:`~nlportmap.plugin.Plugin` per request -- but with pyroute2, msgspec and
+anyio already imported, pyroute2's message classes already compiled and
+``NETLINK_NETFILTER`` sockets already open.  The reply is the request's
+stdout, stderr and exit status, which the shim prints as its own.
+
+Threads: one per connection (bounded by ``max_clients``; beyond that a request
+is refused and the shim works in-process).  Nothing is serialized here beyond
+what the per-netns lock (:mod:`nlportmap.lock`) already serializes.  Each request
+borrows an :class:`~nlportmap.nft.backend.NftBackend` (one open netlink socket)
+from a pool and returns it afterwards (a failed request's socket is closed
+instead); iptables requests get a fresh ``IptBackend`` as in-process.
+
+Stateless: the daemon keeps nothing the kernel does not have (no cache of
+mappings, no queue that outlives a connection).  Killing it at any moment loses
+nothing: a shim whose connection breaks does the work itself.
+
+Who may use it (checked per connection, before reading the request):
+
+* ``SO_PEERCRED`` uid 0 only (the socket file is also 0600 in a 0700 dir);
+* the peer's network namespace (``/proc/<peer pid>/ns/net``, st_dev + st_ino),
+  and the namespace the shim claims, must both be the daemon's own: a daemon
+  never programs a namespace it was not asked to.  A plugin run with
+  ``ip netns exec other ...`` reaches the same socket file but is refused;
+* ``NLPORTMAP_*`` settings that change behaviour (e.g. ``NLPORTMAP_LOCK_DIR``,
+  ``NLPORTMAP_UPSTREAM_CLEANUP``, ``NLPORTMAP_CT_FALLBACK``) must equal the
+  daemon's own; per-request ones (:data:`PER_REQUEST_ENV`) are honoured.
+
+Every refusal is a distinct ``X`` reply naming the reason; the shim then works
+in-process.
+
+Late work never overrides the shim's fallback: every mutation of kernel state
+happens under the per-netns lock, and the daemon checks right after taking
+that lock that the shim is still connected (a hung-up shim is doing the work
+itself); see :mod:`nlportmap.shim`.
+
+Test hook: ``NLPORTMAP_DAEMON_TEST_DELAY`` (seconds, read from the daemon's own
+environment) sleeps after acknowledging each request.
+"""
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+from .shim import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
+
+__all__ = ["Daemon", "main", "PER_REQUEST_ENV", "Abandoned"]
+
+#: NLPORTMAP_* variables the daemon honours per request; NLPORTMAP_DAEMON_* are the daemon's
+#: own settings; every other NLPORTMAP_* must be equal in the request and the daemon's env.
+PER_REQUEST_ENV = frozenset({
+    "NLPORTMAP_SOCKET", "NLPORTMAP_DAEMON_DEADLINE", "NLPORTMAP_DAEMON_TIMEOUT",
+    "NLPORTMAP_TIMINGS_FILE", "NLPORTMAP_DEBUG",
+})
+REQUEST_READ_TIMEOUT = 10.0
+PROBE_TTL = 10.0
+
+_tls = threading.local()
+
+
+class Abandoned(RuntimeError):
+    """The shim hung up: it is doing the work in-process, so this request must not commit."""
+
+
+def _log(msg: str) -> None:
+    sys.__stderr__.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "nlportmap daemon: " + msg + "\n")
+    sys.__stderr__.flush()
+
+
+class _ThreadStderr(io.TextIOBase):
+    """``sys.stderr`` for the daemon: a request thread's writes go into its reply."""
+
+    def __init__(self, real):
+        self._real = real
+
+    def write(self, s: str) -> int:
+        buf = getattr(_tls, "stderr", None)
+        return (buf if buf is not None else self._real).write(s)
+
+    def flush(self) -> None:
+        buf = getattr(_tls, "stderr", None)
+        (buf if buf is not None else self._real).flush()
+
+
+# ----------------------------------------------------------------- the guard
+def _hung_up(conn: socket.socket) -> bool:
+    """True if the shim closed its end (or sent anything after its request)."""
+    p = select.poll()
+    p.register(conn, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return bool(p.poll(0))
+
+
+def _install_guard() -> None:
+    """Wrap :func:`nlportmap.lock.netns_lock` so that, once the lock is held, a request
+    whose shim hung up raises :class:`Abandoned` instead of touching the kernel."""
+    from . import lock
+    orig = getattr(lock, "_nlportmap_unguarded", None) or lock.netns_lock
+
+    @contextmanager
+    def guarded(*args, **kwargs):
+        with orig(*args, **kwargs) as path:
+            conn = getattr(_tls, "conn", None)
+            if conn is not None and _hung_up(conn):
+                raise Abandoned("the plugin process hung up (it works in-process); not committing")
+            yield path
+
+    lock._nlportmap_unguarded = orig
+    for name, mod in list(sys.modules.items()):
+        if (name == "nlportmap" or name.startswith("nlportmap.")) and getattr(mod, "netns_lock", None) is orig:
+            mod.netns_lock = guarded
+
+
+# ----------------------------------------------------------------- plugin
+def _plugin_class():
+    from .plugin import Plugin
+
+    class DaemonPlugin(Plugin):
+        """A Plugin whose nftables backend is borrowed from the daemon's warm pool."""
+
+        def __init__(self, daemon: Daemon, t0: float):
+            super().__init__(t0=t0)
+            self._daemon = daemon
+            self.lease = None
+            self.reported: str | None = None
+
+        def backend_for(self, conf):
+            if self._backend is None:
+                from .backends import make_backend
+                name = self._daemon.choose(conf)
+                try:
+                    from .config import check_backend_conflict
+                except ImportError:  # pragma: no cover
+                    check_backend_conflict = None
+                if check_backend_conflict is not None:
+                    check_backend_conflict(conf, name)
+                if name == "nftables":
+                    self.lease = self._daemon.take_backend()
+                    self._backend = self.lease
+                else:
+                    self._backend = make_backend(name)
+            return self._backend
+
+        def _report(self, command: str) -> None:  # the daemon reports per request
+            self.reported = command
+
+    return DaemonPlugin
+
+
+# ----------------------------------------------------------------- server
+class Daemon:
+    """The server.  ``path``: socket file; ``mode``: its permissions."""
+
+    def __init__(self, path: str = DEFAULT_SOCKET, *, mode: int = 0o600, max_clients: int = 128,
+                 verbose: bool = False):
+        self.path = path
+        self.mode = mode
+        self.verbose = verbose
+        self.netns = netns_identity()
+        self._slots = threading.BoundedSemaphore(max_clients)
+        self._pool: list = []
+        self._pool_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener: socket.socket | None = None
+        self._inode: int | None = None
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self.test_delay = float(os.environ.get("NLPORTMAP_DAEMON_TEST_DELAY") or 0)
+        self._plugin_cls = None
+        self._probe: tuple[float, str | None] | None = None
+
+    # -- start-up -----------------------------------------------------------
+    def warm(self) -> None:
+        """Import everything a request needs, compile pyroute2's message classes, open sockets."""
+        from . import backends, config, plan, plugin, result, sidefx, skel  # noqa: F401
+        from . import migrate  # noqa: F401  (DEL's upstream clean-up)
+        import anyio  # noqa: F401
+        import msgspec  # noqa: F401
+        from .nft import layout as L
+        from .nft import netlink as N
+        try:
+            from .ipt import backend as _ipt  # noqa: F401
+        except ImportError:
+            pass
+        for fam in (4, 6):  # first encode of each message class is the slow one
+            for i, op in enumerate(L.skeleton(fam, None)):
+                N.encode(op, i + 1)
+            s, k = L.forward_key(fam, "tcp", None, 1)
+            N.encode(N.set_elems(True, N.FAMILY[fam], L.TABLE, s, [(k, k, "warm")]), 1)
+        anyio.run(self._noop)
+        self._plugin_cls = _plugin_class()
+        _install_guard()
+        self.give_backend(self.take_backend())
+
+    @staticmethod
+    async def _noop():
+        return None
+
+    def choose(self, conf) -> str:
+        """:func:`nlportmap.backends.choose` with the nf_tables probe memoized for
+        :data:`PROBE_TTL` seconds (a probe is a refused transaction: ~10 ms of kernel
+        time).  Whether nf_tables works is a property of the kernel, not of any
+        mapping: nothing about the node's state is cached."""
+        from . import backends
+        if conf.backend or backends._iptables_specific(conf):
+            return backends.choose(conf)
+        now = time.monotonic()
+        if self._probe is None or now - self._probe[0] > PROBE_TTL:
+            b = self.take_backend()
+            reason = b.usable()
+            self.give_backend(b)
+            self._probe = (now, reason)
+            if reason is not None:
+                _log(f"nftables not usable ({reason}): iptables")
+        return "nftables" if self._probe[1] is None else "iptables"
+
+    def take_backend(self):
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        from .nft.backend import NftBackend
+        b = NftBackend()
+        b.sock  # open it now (in the daemon's namespace)
+        return b
+
+    def give_backend(self, b) -> None:
+        with self._pool_lock:
+            if len(self._pool) < 32:
+                self._pool.append(b)
+                return
+        b.close()
+
+    def bind(self) -> None:
+        d = os.path.dirname(self.path)
+        if d and not os.path.isdir(d):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        if os.path.exists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(1.0)
+            try:
+                probe.connect(self.path)
+                raise SystemExit(f"nlportmap daemon: another daemon is listening on {self.path}")
+            except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+                pass
+            finally:
+                probe.close()
+            os.unlink(self.path)  # stale socket of a dead daemon
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(self.path)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, self.mode)
+        s.listen(512)
+        self._inode = os.stat(self.path).st_ino
+        self._listener = s
+
+    def stop(self, *_args) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        try:  # remove the socket file only if it is still ours
+            if self._inode is not None and os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)
+        except OSError:
+            pass
+        with self._pool_lock:
+            for b in self._pool:
+                b.close()
+            self._pool.clear()
+
+    def serve_forever(self) -> None:
+        assert self._listener is not None
+        self._listener.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.ECONNABORTED):
+                    continue
+                if self._stop.is_set():
+                    break
+                raise
+            if not self._slots.acquire(blocking=False):
+                self._refuse(conn, "busy: too many concurrent requests")
+                conn.close()
+                continue
+            threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
+        deadline = time.monotonic() + 10
+        while self._active and time.monotonic() < deadline:  # let in-flight requests finish
+            time.sleep(0.05)
+
+    # -- one connection -----------------------------------------------------
+    @staticmethod
+    def _send(conn: socket.socket, kind: bytes, payload: bytes = b"") -> None:
+        conn.sendall(kind + len(payload).to_bytes(4, "big") + payload)
+
+    def _refuse(self, conn: socket.socket, reason: str) -> None:
+        if self.verbose:
+            _log(f"refused: {reason}")
+        try:
+            self._send(conn, b"X", reason.encode())
+        except OSError:
+            pass
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        with self._active_lock:
+            self._active += 1
+        try:
+            self._serve_checked(conn)
+        except Exception as e:  # noqa: BLE001 - never let one request kill the daemon
+            _log(f"request failed: {type(e).__name__}: {e}")
+        finally:
+            conn.close()
+            with self._active_lock:
+                self._active -= 1
+            self._slots.release()
+
+    def _peer_check(self, conn: socket.socket) -> str | None:
+        """None if the peer may use us, else the refusal reason."""
+        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != 0:
+            return f"peer uid {uid} is not root"
+        if pid <= 0:
+            return "peer process not visible from the daemon (run it with hostPID)"
+        try:
+            theirs = netns_identity(str(pid))
+        except OSError as e:
+            return f"cannot read the peer's network namespace: {e.strerror}"
+        if theirs != self.netns:
+            return "peer is in another network namespace"
+        return None
+
+    def _serve_checked(self, conn: socket.socket) -> None:
+        t0 = time.perf_counter()
+        why = self._peer_check(conn)
+        if why:
+            self._refuse(conn, why)
+            return
+        conn.settimeout(REQUEST_READ_TIMEOUT)
+        try:
+            env, stdin, claimed = self._read_request(conn)
+        except ValueError as e:
+            self._refuse(conn, f"bad request: {e}")
+            return
+        if claimed != self.netns:
+            self._refuse(conn, "request names another network namespace")
+            return
+        for k in sorted(set(env) | {k for k in os.environ if k.startswith("NLPORTMAP_")}):
+            if (k.startswith("NLPORTMAP_") and k not in PER_REQUEST_ENV
+                    and not k.startswith("NLPORTMAP_DAEMON_") and env.get(k) != os.environ.get(k)):
+                self._refuse(conn, f"{k} differs from the daemon's")
+                return
+        conn.settimeout(None)
+        self._send(conn, b"A")
+        if self.verbose:
+            _log(f"accepted {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '')[:12]}")
+        if self.test_delay:
+            time.sleep(self.test_delay)
+        status, out, err = self.run_request(env, stdin, conn, t0)
+        try:
+            self._send(conn, b"R", struct.pack("!iI", status, len(out)) + out + err)
+        except OSError:
+            pass  # the shim is gone; it does the work itself
+        if self.verbose:
+            _log(f"done {env.get('CNI_COMMAND', '?')} status {status} "
+                 f"in {(time.perf_counter() - t0) * 1000:.1f} ms")
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> tuple[dict, bytes, tuple[int, int]]:
+        def exact(n: int) -> bytes:
+            buf = bytearray()
+            while len(buf) < n:
+                chunk = conn.recv(min(n - len(buf), 1 << 20))
+                if not chunk:
+                    raise ValueError("short read")
+                buf += chunk
+            return bytes(buf)
+
+        head = exact(9)
+        if head[:4] != MAGIC or head[4] != PROTOCOL_VERSION:
+            raise ValueError("unknown protocol")
+        n = int.from_bytes(head[5:9], "big")
+        if n > MAX_FRAME:
+            raise ValueError("request too large")
+        body = exact(n)
+        nl = body.find(b"\n")
+        try:
+            dev, ino, _pid = (int(x) for x in body[:nl].split())
+        except ValueError:
+            raise ValueError("bad header") from None
+        env: dict[str, str] = {}
+        off = nl + 1
+        while True:
+            end = body.find(b"\0", off)
+            if end < 0:
+                raise ValueError("unterminated environment")
+            if end == off:
+                off += 1
+                break
+            k, _, v = body[off:end].partition(b"=")
+            env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
+            off = end + 1
+        return env, body[off:], (dev, ino)
+
+    def run_request(self, env: dict, stdin: bytes, conn: socket.socket | None, t0: float) -> tuple[int, bytes, bytes]:
+        """Run one plugin invocation here; returns (status, stdout, stderr)."""
+        from .skel import run
+        out, err = io.StringIO(), io.StringIO()
+        plugin = self._plugin_cls(self, t0)
+        _tls.stderr, _tls.conn = err, conn
+        status = 1
+        try:
+            status = run(env, io.BytesIO(stdin), out, err, plugin)
+        finally:
+            _tls.stderr = _tls.conn = None
+            if plugin.lease is not None:
+                if status == 0:
+                    self.give_backend(plugin.lease)
+                else:
+                    plugin.lease.close()
+        if plugin.reported:
+            self._report(env, plugin, err)
+        return (status, out.getvalue().encode("utf-8", "surrogateescape"),
+                err.getvalue().encode("utf-8", "surrogateescape"))
+
+    @staticmethod
+    def _report(env: dict, plugin, err: io.StringIO) -> None:
+        line = json.dumps({"nlportmap": plugin.reported, "via": "daemon", "timings_ms": {
+            k: round(v * 1000, 3) for k, v in plugin.timings.items()}}) + "\n"
+        if env.get("NLPORTMAP_DEBUG"):
+            err.write(line)
+        path = env.get("NLPORTMAP_TIMINGS_FILE")
+        if path:
+            try:
+                with open(path, "a") as f:
+                    f.write(line)
+            except OSError as e:
+                err.write(f"nlportmap: warning: cannot write {path}: {e}\n")
+
+
+def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 128,
+         verbose: bool = False) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    if os.geteuid() != 0:
+        print("nlportmap daemon: needs root (it programs the firewall)", file=sys.stderr)
+        return 1
+    path = socket_path or os.environ.get("NLPORTMAP_SOCKET") or DEFAULT_SOCKET
+    d = Daemon(path, mode=mode, max_clients=max_clients, verbose=verbose)
+    t = time.perf_counter()
+    d.warm()
+    sys.stderr = _ThreadStderr(sys.__stderr__)
+    signal.signal(signal.SIGTERM, d.stop)
+    signal.signal(signal.SIGINT, d.stop)
+    d.bind()
+    _log(f"listening on {path} (pid {os.getpid()}, netns inode {d.netns[1]}, "
+         f"warm-up {(time.perf_counter() - t) * 1000:.0f} ms)")
+    try:
+        d.serve_forever()
+    finally:
+        d.close()
+        _log("stopped")
+    return 0

@@ -1,0 +1,321 @@
+"""The exec'd plugin's hot path: hand the request to ``nlportmap daemon``, else do it here.
+
+A runtime execs the plugin for every ADD/DEL/CHECK.  A fresh Python process that
+imports pyroute2, msgspec and anyio spends 100+ ms before it sends anything;
+``nlportmap daemon`` (:mod:`nlportmap.daemon`) keeps all of that loaded and its
+netlink sockets open.  This module is what the exec'd process runs first:
+
+1. read the request (``CNI_*``/``NLPORTMAP_*`` environment, stdin);
+2. connect to the daemon's Unix socket (``$NLPORTMAP_SOCKET``, default
+   :data:`DEFAULT_SOCKET`) and send it, with this process's network-namespace
+   identity;
+3. print the daemon's answer (stdout, stderr, exit status) and exit.
+
+When anything goes wrong -- no socket (a failed ``connect`` costs microseconds),
+nobody listening, the daemon refuses (another network namespace, not root,
+different ``NLPORTMAP_*`` settings, overloaded), does not acknowledge within the
+*accept deadline*, does not answer within the *result timeout*, or dies
+mid-request -- the shim closes the connection and runs the request in-process
+(:func:`nlportmap.skel.run` with :class:`nlportmap.plugin.Plugin`), exactly as
+without a daemon.  Correctness never depends on the daemon.
+
+Why a late daemon cannot undo the fallback: the daemon mutates kernel state only
+while holding the per-netns lock (:mod:`nlportmap.lock`), and checks right after
+taking it that the shim is still connected (:mod:`nlportmap.daemon`).  The shim
+closes the connection *before* it starts the in-process run, which takes the
+same lock.  So every daemon transaction either finished before the in-process one
+began, or sees the closed connection and is abandoned.  ADD, DEL and CHECK are
+idempotent, so running the work twice is harmless.
+
+Imports on the daemon path: only interpreter built-ins (``sys``, ``time``,
+``posix``) and the ``_socket`` C module -- not even ``os`` or ``socket``
+(``socket`` alone pulls in ``enum``, ``selectors`` and ``collections``: several
+ms).  pyroute2, msgspec and anyio are imported only by the in-process fallback.
+
+Wire protocol (version 1; all integers big-endian)::
+
+    request : b"NLPM" u8 version u32 length, then `length` bytes:
+              b"<netns st_dev> <netns st_ino> <pid>\\n"   (of /proc/self/ns/net)
+              b"KEY=VALUE\\0" ... b"\\0"                  (CNI_* and NLPORTMAP_* only)
+              stdin bytes                                (the rest)
+    replies : u8 kind, u32 length, payload
+              b"A"  accepted: peer, netns and settings verified, work started
+              b"X"  refused: payload = reason; the shim works in-process
+              b"R"  result: i32 exit status, u32 n, n bytes stdout, then stderr
+
+Environment (read by the shim):
+
+``NLPORTMAP_SOCKET``
+    daemon socket path; empty, ``none`` or ``off`` disables the daemon path.
+``NLPORTMAP_DAEMON_DEADLINE``
+    seconds for connect + send + the daemon's acknowledgement (default 0.5).
+``NLPORTMAP_DAEMON_TIMEOUT``
+    seconds for the result once acknowledged (default 90: longer than the
+    netns lock's own 30 s, so the daemon reports its own timeout first).
+``NLPORTMAP_DEBUG``
+    non-empty: note on stderr why the shim worked in-process; a list containing
+    ``imports`` (e.g. ``imports`` or ``1,imports``): re-exec under
+    ``python -X importtime`` so every module's import time goes to stderr.
+``NLPORTMAP_TIMINGS_FILE``
+    also gets one line ``{"nlportmap_shim": CMD, "via": "daemon"|"in-process", ...}``.
+"""
+import sys
+import time
+
+import posix as _os  # os's C core: 'import os' costs ~1 ms of a ~9 ms interpreter start
+import _socket
+
+__all__ = ["DEFAULT_SOCKET", "PROTOCOL_VERSION", "plugin_main", "launch", "exchange",
+           "encode_request", "netns_identity"]
+
+DEFAULT_SOCKET = "/run/nlportmap/daemon.sock"
+PROTOCOL_VERSION = 1
+MAGIC = b"NLPM"
+DEFAULT_DEADLINE = 0.5
+DEFAULT_TIMEOUT = 90.0
+MAX_FRAME = 64 << 20
+_FORWARD = (b"CNI_", b"NLPORTMAP_")
+
+
+class Fallback(Exception):
+    """The daemon cannot serve this request; ``args[0]`` is the reason."""
+
+
+# ------------------------------------------------------------------ helpers
+def _env(name: bytes, default: bytes = b"") -> bytes:
+    return _os.environ.get(name, default)
+
+
+def _float_env(name: bytes, default: float) -> float:
+    try:
+        v = float(_env(name) or default)
+        return v if v > 0 else default
+    except ValueError:
+        return default
+
+
+def socket_path() -> bytes | None:
+    """The daemon socket to try, or None when the daemon path is disabled."""
+    p = _os.environ.get(b"NLPORTMAP_SOCKET")
+    if p is None:
+        return DEFAULT_SOCKET.encode()
+    if p.strip().lower() in (b"", b"none", b"off", b"0"):
+        return None
+    return p
+
+
+def netns_identity(pid: str = "self") -> tuple[int, int]:
+    """(st_dev, st_ino) of ``/proc/<pid>/ns/net``: equal pairs = same network namespace."""
+    st = _os.stat(f"/proc/{pid}/ns/net")
+    return st.st_dev, st.st_ino
+
+
+def encode_request(env: dict, stdin: bytes, netns: tuple[int, int] | None = None,
+                   pid: int | None = None) -> bytes:
+    """The request frame for ``env`` (bytes -> bytes; only CNI_*/NLPORTMAP_* are sent)."""
+    dev, ino = netns or netns_identity()
+    parts = [b"%d %d %d\n" % (dev, ino, _os.getpid() if pid is None else pid)]
+    for k, v in env.items():
+        if k.startswith(_FORWARD) and b"=" not in k:
+            parts.append(k + b"=" + v + b"\0")
+    parts.append(b"\0")
+    parts.append(stdin)
+    body = b"".join(parts)
+    return MAGIC + bytes([PROTOCOL_VERSION]) + len(body).to_bytes(4, "big") + body
+
+
+def _recv_exact(s, n: int, deadline: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        s.settimeout(left)
+        chunk = s.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def read_reply(s, deadline: float) -> tuple[bytes, bytes]:
+    """One reply frame -> (kind, payload).  Raises TimeoutError, EOFError, OSError."""
+    head = _recv_exact(s, 5, deadline)
+    n = int.from_bytes(head[1:], "big")
+    if n > MAX_FRAME:
+        raise EOFError
+    return head[:1], _recv_exact(s, n, deadline)
+
+
+def exchange(path, frame: bytes, deadline: float = DEFAULT_DEADLINE,
+             timeout: float = DEFAULT_TIMEOUT) -> tuple[int, bytes, bytes]:
+    """Send one request frame to the daemon at ``path``; return (status, stdout, stderr).
+
+    Raises :class:`Fallback` (reason text) whenever the daemon did not serve it.
+    The connection is always closed before this returns or raises.
+    """
+    t_end = time.monotonic() + deadline
+    try:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    except OSError as e:
+        raise Fallback(f"socket: {e}") from None
+    try:
+        try:
+            s.settimeout(deadline)
+            s.connect(path)
+            s.sendall(frame)
+            kind, payload = read_reply(s, t_end)
+        except FileNotFoundError:
+            raise Fallback("no daemon socket") from None
+        except ConnectionRefusedError:
+            raise Fallback("nobody listening on the daemon socket") from None
+        except PermissionError:
+            raise Fallback("no permission to use the daemon socket") from None
+        except (TimeoutError, _socket.timeout):
+            raise Fallback(f"daemon did not accept within {deadline:g}s") from None
+        except (EOFError, OSError) as e:
+            raise Fallback(f"daemon hung up before accepting ({type(e).__name__})") from None
+        if kind == b"X":
+            raise Fallback("daemon refused: " + payload.decode("ascii", "replace"))
+        if kind != b"A":
+            raise Fallback("daemon protocol error")
+        try:
+            kind, payload = read_reply(s, time.monotonic() + timeout)
+        except (TimeoutError, _socket.timeout):
+            raise Fallback(f"daemon did not answer within {timeout:g}s") from None
+        except (EOFError, OSError) as e:
+            raise Fallback(f"daemon died mid-request ({type(e).__name__})") from None
+        if kind != b"R" or len(payload) < 8:
+            raise Fallback("daemon protocol error")
+        status = int.from_bytes(payload[:4], "big", signed=True)
+        n = int.from_bytes(payload[4:8], "big")
+        return status, payload[8:8 + n], payload[8 + n:]
+    finally:
+        s.close()  # before any in-process work: the daemon's guard sees the hang-up
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = _os.write(fd, view)
+        view = view[n:]
+
+
+def _read_stdin() -> bytes:
+    chunks = []
+    while True:
+        b = _os.read(0, 1 << 16)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def _note(command: bytes, via: str, reason: str, t0: float) -> None:
+    """Timings line for NLPORTMAP_TIMINGS_FILE (hand-written JSON: no json import here)."""
+    path = _env(b"NLPORTMAP_TIMINGS_FILE")
+    if not path:
+        return
+    reason = reason.replace("\\", "\\\\").replace('"', '\\"')
+    cmd = command.decode("ascii", "replace").replace('"', "")
+    line = ('{"nlportmap_shim": "%s", "via": "%s", "reason": "%s", "shim_ms": %.3f}\n'
+            % (cmd, via, reason, (time.perf_counter() - t0) * 1000)).encode()
+    try:
+        fd = _os.open(path, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT | _os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, line)
+        finally:
+            _os.close(fd)
+    except OSError:
+        pass
+
+
+def _debug_flags() -> list[bytes]:
+    return [f.strip() for f in _env(b"NLPORTMAP_DEBUG").split(b",") if f.strip()]
+
+
+def _reexec_importtime() -> None:
+    """NLPORTMAP_DEBUG=imports: run this same command again under ``-X importtime``."""
+    if "importtime" in sys._xoptions:
+        return
+    argv = [sys.executable, "-X", "importtime"]
+    if sys.flags.isolated:
+        argv.append("-I")
+    if sys.flags.no_site:
+        argv.append("-S")
+    if sys.argv and sys.argv[0].endswith("__main__.py"):
+        argv += ["-m", "nlportmap"] + sys.argv[1:]
+    else:
+        argv += sys.argv
+    try:
+        _os.execv(sys.executable, argv)
+    except OSError:
+        pass  # keep going without the report
+
+
+# --------------------------------------------------------------------- entry
+def plugin_main(t0: float | None = None) -> int:
+    """Serve one CNI invocation (CNI_COMMAND is set): daemon first, else in-process."""
+    if t0 is None:
+        t0 = time.perf_counter()
+    flags = _debug_flags()
+    if b"imports" in flags:
+        _reexec_importtime()
+    command = _env(b"CNI_COMMAND")
+    stdin = b""
+    stdin_err = False
+    if command != b"VERSION":  # VERSION never reads stdin (runtimes may leave it open)
+        try:
+            stdin = _read_stdin()
+        except OSError:
+            stdin_err = True  # let skel.run report it (code 5) in-process
+    reason = "stdin unreadable"
+    path = None if stdin_err else socket_path()
+    if path is None and not stdin_err:
+        reason = "daemon disabled (NLPORTMAP_SOCKET)"
+    if path is not None:
+        try:
+            frame = encode_request(_os.environ, stdin)
+            status, out, err = exchange(path, frame, _float_env(b"NLPORTMAP_DAEMON_DEADLINE", DEFAULT_DEADLINE),
+                                        _float_env(b"NLPORTMAP_DAEMON_TIMEOUT", DEFAULT_TIMEOUT))
+        except Fallback as e:
+            reason = str(e)
+        except OSError as e:  # e.g. /proc not mounted: cannot prove the namespace
+            reason = f"cannot build the request: {e}"
+        else:
+            _write_all(1, out)
+            if err:
+                _write_all(2, err)
+            _note(command, "daemon", "", t0)
+            return status
+    if flags:
+        _write_all(2, f"nlportmap: shim: {reason}; working in-process\n".encode())
+    status = _in_process(stdin, None if not stdin_err else sys.stdin.buffer, t0)
+    _note(command, "in-process", reason, t0)
+    return status
+
+
+def _in_process(stdin: bytes, stream, t0: float) -> int:
+    import io
+    import os
+    from .plugin import Plugin
+    from .skel import run
+    sys.stdout.flush()
+    status = run(os.environ, stream if stream is not None else io.BytesIO(stdin),
+                 sys.stdout, sys.stderr, Plugin(t0=t0))
+    sys.stdout.flush()
+    return status
+
+
+def launch() -> int:
+    """Entry of the generated launcher (:mod:`nlportmap.launcher`), run as ``python -I -S``.
+
+    The plugin path stays on built-in modules; the operator CLI first runs
+    ``site`` (``.pth`` files, editable installs) like a normal interpreter.
+    """
+    t0 = time.perf_counter()
+    if b"CNI_COMMAND" in _os.environ:
+        return plugin_main(t0)
+    import site
+    site.main()
+    from .__main__ import main
+    return main()

@@ -1,0 +1,314 @@
+"""Resident mode: the exec'd shim and ``nlportmap daemon`` (root, throw-away namespaces).
+
+Every plugin here is exec'd the way a runtime does it (env + JSON on stdin) through
+the generated ``-I -S`` launcher, inside a namespace of ours; the daemon runs inside
+a namespace of ours with its socket in a private temp dir.  Which path served a
+request is read from the shim's line in ``NLPORTMAP_TIMINGS_FILE``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from netns_fixtures import Netns, cleanup_stale, kill_process
+
+pytestmark = pytest.mark.root
+
+HEAVY = ("pyroute2", "msgspec", "anyio")
+
+
+def _conf(port: int = 8080, ip: str = "10.244.0.2", proto: str = "tcp") -> bytes:
+    return json.dumps({
+        "cniVersion": "1.0.0", "name": "dnet", "type": "portmap", "snat": True,
+        "capabilities": {"portMappings": True},
+        "runtimeConfig": {"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": proto}]},
+        "prevResult": {"cniVersion": "1.0.0",
+                       "interfaces": [{"name": "eth0", "sandbox": "/run/netns/pod"}],
+                       "ips": [{"address": f"{ip}/24", "gateway": "10.244.0.1", "interface": 0}]},
+    }).encode()
+
+
+class Env:
+    """Two node namespaces (``a`` with a daemon, ``b`` without), a pod netns, a temp dir."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="nlpm-daemon-test-")
+        os.chmod(self.dir, 0o755)
+        self.a = Netns.create("nlpm", "dmna")
+        self.b = Netns.create("nlpm", "dmnb")
+        self.pod = Netns.create("nlpm", "dmnpod")
+        self.sock = os.path.join(self.dir, "d.sock")
+        self.lockdir = os.path.join(self.dir, "lock")
+        self.timings = os.path.join(self.dir, "timings.jsonl")
+        self.launcher = os.path.join(self.dir, "portmap")
+        subprocess.run([sys.executable, "-m", "nlportmap.launcher", self.launcher], check=True,
+                       capture_output=True)
+        self.daemon: subprocess.Popen | None = None
+        self.daemon_log = os.path.join(self.dir, "daemon.log")
+
+    def base_env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "NLPORTMAP_"))}
+        env.update(NLPORTMAP_SOCKET=self.sock, NLPORTMAP_LOCK_DIR=self.lockdir)
+        return env
+
+    def start_daemon(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
+        log = open(self.daemon_log, "w")
+        full = {**self.base_env(), **(env or {})}
+        self.daemon = subprocess.Popen(
+            ["ip", "netns", "exec", self.a.name, sys.executable, "-m", "nlportmap", "daemon",
+             "--socket", self.sock, "--verbose", *extra],
+            env=full, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.wait_log("listening on", 20)
+        return self.daemon
+
+    def wait_log(self, what: str, timeout: float, count: int = 1) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = open(self.daemon_log).read()
+            if text.count(what) >= count:
+                return text
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{text}")
+            time.sleep(0.02)
+        raise AssertionError(f"daemon log never said {what!r} x{count}:\n{open(self.daemon_log).read()}")
+
+    def stop_daemon(self) -> None:
+        if self.daemon is not None:
+            if self.daemon.poll() is None:
+                self.daemon.send_signal(signal.SIGTERM)
+                try:
+                    self.daemon.wait(15)
+                except subprocess.TimeoutExpired:
+                    kill_process(self.daemon)
+            self.daemon = None
+
+    def plugin_argv(self, ns: Netns) -> list[str]:
+        return ["ip", "netns", "exec", ns.name, self.launcher]
+
+    def plugin_env(self, command: str, cid: str, **extra: str) -> dict:
+        return {**self.base_env(), "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+                "CNI_NETNS": self.pod.path, "CNI_IFNAME": "eth0", "CNI_ARGS": "IgnoreUnknown=1",
+                "CNI_PATH": "/usr/lib/cni", "NLPORTMAP_TIMINGS_FILE": self.timings, **extra}
+
+    def plugin(self, ns: Netns, command: str, cid: str, conf: bytes | None = None,
+               **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(self.plugin_argv(ns), input=conf if conf is not None else _conf(),
+                              env=self.plugin_env(command, cid, **extra), capture_output=True,
+                              timeout=120)
+
+    def shim_lines(self) -> list[dict]:
+        if not os.path.exists(self.timings):
+            return []
+        rows = [json.loads(x) for x in open(self.timings) if x.strip()]
+        return [r for r in rows if "nlportmap_shim" in r]
+
+    def ruleset(self, ns: Netns) -> str:
+        out = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "list", "table", "ip", "nlportmap"],
+                             capture_output=True, text=True).stdout
+        return re.sub(r" @\d+", "", out)  # creation stamps differ between runs
+
+    def elements(self, ns: Netns) -> list[str]:
+        rows = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m", "nlportmap", "list",
+                               "--json", "--backend", "nftables"], capture_output=True, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "CNI_COMMAND"}).stdout
+        return sorted(f"{r['containerID']} {r['protocol']} {r['hostPort']}" for r in json.loads(rows or "[]"))
+
+    def close(self) -> None:
+        try:
+            self.stop_daemon()
+        finally:
+            for ns in (self.a, self.b, self.pod):
+                ns.delete()
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def env():
+    cleanup_stale("nlpm")
+    e = Env()
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def _ok(cp: subprocess.CompletedProcess) -> None:
+    assert cp.returncode == 0, f"rc={cp.returncode}\nstdout={cp.stdout!r}\nstderr={cp.stderr!r}"
+
+
+def test_daemon_gives_the_same_kernel_state_as_in_process(env):
+    env.start_daemon()
+    cid = "c0ffee01"
+    add = env.plugin(env.a, "ADD", cid)
+    _ok(add)
+    assert [r["via"] for r in env.shim_lines()] == ["daemon"], env.shim_lines()
+    after_add_daemon = env.ruleset(env.a)
+    assert "tcp . 8080" in after_add_daemon
+    check = env.plugin(env.a, "CHECK", cid)
+    _ok(check)
+    _ok(env.plugin(env.a, "DEL", cid))
+    after_del_daemon = env.ruleset(env.a)
+    assert [r["via"] for r in env.shim_lines()] == ["daemon"] * 3
+
+    # the same three calls in-process, in namespace b (no daemon there: refused, see below,
+    # so disable the daemon path outright)
+    add_b = env.plugin(env.b, "ADD", cid, NLPORTMAP_SOCKET="none")
+    _ok(add_b)
+    assert add_b.stdout == add.stdout  # the echoed result, byte for byte
+    assert env.ruleset(env.b) == after_add_daemon
+    _ok(env.plugin(env.b, "CHECK", cid, NLPORTMAP_SOCKET="none"))
+    _ok(env.plugin(env.b, "DEL", cid, NLPORTMAP_SOCKET="none"))
+    assert env.ruleset(env.b) == after_del_daemon
+    assert [r["via"] for r in env.shim_lines()][3:] == ["in-process"] * 3
+
+
+def test_errors_come_back_unchanged_through_the_daemon(env):
+    env.start_daemon()
+    bad = b'{"cniVersion":"1.0.0","name":"dnet","type":"portmap","prevResult":{}'  # truncated JSON
+    via_daemon = env.plugin(env.a, "ADD", "c0ffee02", bad)
+    in_proc = env.plugin(env.a, "ADD", "c0ffee02", bad, NLPORTMAP_SOCKET="none")
+    assert via_daemon.returncode == in_proc.returncode == 1
+    assert via_daemon.stdout == in_proc.stdout and json.loads(via_daemon.stdout)["code"] == 6
+    assert [r["via"] for r in env.shim_lines()] == ["daemon", "in-process"]
+    version = subprocess.run(env.plugin_argv(env.a), input=b'{"cniVersion":"1.0.0"}',
+                             env=env.plugin_env("VERSION", ""), capture_output=True)
+    _ok(version)
+    assert json.loads(version.stdout)["cniVersion"] == "1.1.0"
+
+
+def test_daemon_killed_mid_request_shim_falls_back(env):
+    daemon = env.start_daemon(env={"NLPORTMAP_DAEMON_TEST_DELAY": "30"})
+    cid = "c0ffee03"
+    conf = os.path.join(env.dir, "conf.json")
+    with open(conf, "wb") as f:
+        f.write(_conf(9090))
+    with open(conf, "rb") as stdin:
+        shim = subprocess.Popen(env.plugin_argv(env.a), stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env.plugin_env("ADD", cid))
+    env.wait_log("accepted ADD", 20)
+    os.kill(daemon.pid, signal.SIGKILL)  # by PID: the daemon process we started
+    daemon.wait(10)
+    out, err = shim.communicate(timeout=60)
+    assert shim.returncode == 0, err
+    assert json.loads(out)["ips"][0]["address"] == "10.244.0.2/24"
+    lines = env.shim_lines()
+    assert lines[-1]["via"] == "in-process" and "died mid-request" in lines[-1]["reason"], lines
+    assert env.elements(env.a) == [f"{cid} tcp 9090"]
+
+
+def test_late_daemon_work_never_overrides_the_fallback(env):
+    """Shim gives up (result timeout) and does ADD itself; the runtime then DELs; the
+    daemon's delayed copy of the ADD must not resurrect the mapping."""
+    env.start_daemon(env={"NLPORTMAP_DAEMON_TEST_DELAY": "2"})
+    cid = "c0ffee04"
+    add = env.plugin(env.a, "ADD", cid, _conf(7070), NLPORTMAP_DAEMON_TIMEOUT="0.3")
+    _ok(add)
+    assert env.shim_lines()[-1]["via"] == "in-process"
+    assert "did not answer" in env.shim_lines()[-1]["reason"]
+    _ok(env.plugin(env.a, "DEL", cid, _conf(7070), NLPORTMAP_SOCKET="none"))
+    env.wait_log("done ADD", 20)  # the daemon finished (refused to commit) its late copy
+    assert env.elements(env.a) == []
+    assert "status 1" in open(env.daemon_log).read().split("done ADD", 1)[1].splitlines()[0]
+
+
+def test_daemon_in_another_netns_is_refused(env):
+    env.start_daemon()  # lives in namespace a
+    cid = "c0ffee05"
+    cp = env.plugin(env.b, "ADD", cid, _conf(6060), NLPORTMAP_DEBUG="1")
+    _ok(cp)
+    line = env.shim_lines()[-1]
+    assert line["via"] == "in-process" and "another network namespace" in line["reason"], line
+    assert b"another network namespace" in cp.stderr
+    assert env.elements(env.b) == [f"{cid} tcp 6060"]  # landed in the caller's namespace
+    assert env.elements(env.a) == []                   # and not in the daemon's
+    env.wait_log("refused: peer is in another network namespace", 5)
+
+
+def test_non_root_peer_is_refused(env):
+    py = "/usr/bin/python3"
+    if not os.access(py, os.X_OK) or not shutil.which("setpriv"):
+        pytest.skip("needs /usr/bin/python3 and setpriv to run a client as nobody")
+    env.start_daemon("--mode", "0666")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from nlportmap import shim\n"
+            "try:\n"
+            "    shim.exchange(%r, shim.encode_request({b'CNI_COMMAND': b'VERSION',\n"
+            "                  b'NLPORTMAP_LOCK_DIR': %r}, b''))\n"
+            "    print('SERVED')\n"
+            "except shim.Fallback as e:\n"
+            "    print('FALLBACK', e)\n" % (repo, env.sock, env.lockdir.encode()))
+    cp = subprocess.run(["ip", "netns", "exec", env.a.name, "setpriv", "--reuid=65534", "--regid=65534",
+                         "--clear-groups", py, "-I", "-S", "-c", code], capture_output=True, text=True,
+                        timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.startswith("FALLBACK daemon refused: peer uid 65534 is not root"), cp.stdout + cp.stderr
+    # the same client as root is served (so the refusal above is about the uid)
+    cp = subprocess.run(["ip", "netns", "exec", env.a.name, py, "-I", "-S", "-c", code],
+                        capture_output=True, text=True, timeout=30)
+    assert cp.stdout.startswith("SERVED"), cp.stdout + cp.stderr
+
+
+def test_behaviour_changing_settings_must_match(env):
+    env.start_daemon()
+    cp = env.plugin(env.a, "ADD", "c0ffee06", _conf(5050), NLPORTMAP_UPSTREAM_CLEANUP="0")
+    _ok(cp)
+    line = env.shim_lines()[-1]
+    assert line["via"] == "in-process" and "NLPORTMAP_UPSTREAM_CLEANUP" in line["reason"], line
+
+
+def test_concurrent_requests_through_the_daemon(env):
+    env.start_daemon()
+    n = 20
+
+    def add(i: int) -> subprocess.CompletedProcess:
+        return env.plugin(env.a, "ADD", f"c0ffee{i:04d}", _conf(20000 + i, f"10.244.0.{10 + i}"))
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(add, range(n)))
+    for cp in results:
+        _ok(cp)
+    assert [r["via"] for r in env.shim_lines()] == ["daemon"] * n
+    assert env.elements(env.a) == sorted(f"c0ffee{i:04d} tcp {20000 + i}" for i in range(n))
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda i: env.plugin(env.a, "DEL", f"c0ffee{i:04d}",
+                                                     _conf(20000 + i, f"10.244.0.{10 + i}")), range(n)))
+    for cp in results:
+        _ok(cp)
+    assert env.elements(env.a) == []
+
+
+def _imported(stderr: bytes) -> set[str]:
+    mods = set()
+    for line in stderr.decode(errors="replace").splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", line)
+        if m:
+            mods.add(m.group(1).split(".")[0])
+    return mods
+
+
+def test_shim_imports_nothing_heavy_on_the_daemon_path(env):
+    env.start_daemon()
+    cp = env.plugin(env.a, "ADD", "c0ffee07", _conf(4040), NLPORTMAP_DEBUG="imports")
+    _ok(cp)
+    assert env.shim_lines()[-1]["via"] == "daemon"
+    mods = _imported(cp.stderr)
+    assert "nlportmap" in mods  # the report is there at all
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+    assert not mods & {"os", "socket", "json", "re"}, sorted(mods & {"os", "socket", "json", "re"})
+    # control: the in-process path does import them, so the check above can fail
+    cp = env.plugin(env.a, "DEL", "c0ffee07", _conf(4040), NLPORTMAP_DEBUG="imports", NLPORTMAP_SOCKET="none")
+    _ok(cp)
+    assert set(HEAVY) - {"anyio"} <= _imported(cp.stderr)
