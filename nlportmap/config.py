@@ -143,6 +143,11 @@ class NetConf(msgspec.Struct, dict=True):
     runtimeConfig: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
     prevResult: dict | None = None
     conflictPolicy: str | None = None
+    #: opt-in: "reject" fails ADD when a host process already listens on a mapped host port
+    #: (runtime placeholder sockets excepted, see nlportmap.listeners); None/"ignore" = off
+    hostPortListeners: str | None = None
+    #: process names whose listening sockets are runtime placeholders (default: listeners.RUNTIME_PLACEHOLDERS)
+    runtimeListenerProcesses: list[str] | None = None
     #: JSON key ``cni.dev/valid-attachments`` (GC input; not a Python identifier)
     valid_attachments: list[Attachment] | None = msgspec.field(default=None, name=_VALID_ATTACHMENTS)
     capabilities: dict[str, bool] | None = None
@@ -517,6 +522,14 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
             raise InvalidConfig(prefix + problem)
         warnings.append(f"{problem}; using \"replace\" for DEL")
         conf.conflictPolicy = None
+
+    if conf.hostPortListeners not in (None, "ignore", "reject"):
+        problem = (f'hostPortListeners: unrecognized value "{conf.hostPortListeners}" '
+                   f'(must be "ignore" or "reject")')
+        if not lenient:
+            raise InvalidConfig(prefix + problem)
+        warnings.append(f"{problem}; ignored for DEL")
+        conf.hostPortListeners = None
 
     conf.__dict__["_warnings"] = tuple(warnings)
     return conf

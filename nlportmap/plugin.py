@@ -89,6 +89,9 @@ class Plugin:
         plan = self._plan(req, prev)
         t = self._lap("plan", t)
         if plan.forwards:
+            if req.conf.hostPortListeners == "reject":
+                self._check_listeners(req.conf, plan)
+                t = self._lap("listener_check", t)
             backend = self.backend_for(req.conf)
             t = self._lap("backend_select", t)
             backend.forward(plan, req.conf.conflictPolicy or "replace")
@@ -100,6 +103,17 @@ class Plugin:
                 t = self._lap("side_effects", t)
         self._report("ADD")
         return prev
+
+    @staticmethod
+    def _check_listeners(conf, plan) -> None:
+        """Opt-in (hostPortListeners: reject): refuse ports a host process listens on."""
+        from .errors import InvalidConfig
+        from .listeners import RUNTIME_PLACEHOLDERS, conflicts
+        allowed = tuple(conf.runtimeListenerProcesses) if conf.runtimeListenerProcesses is not None \
+            else RUNTIME_PLACEHOLDERS
+        problems = conflicts(plan.forwards, allowed)
+        if problems:
+            raise InvalidConfig("host port conflict: " + "; ".join(problems), details=problems[0])
 
     def delete(self, req) -> None:
         """DEL: remove what this attachment owns.  Never fails for missing state."""

@@ -205,3 +205,27 @@ def test_list_table_and_json(node):
                                             "CONTAINER-ADDR", "BACKEND", "STATE"]
     assert any(f"{node.t.host_ip4}:5353" in ln and f"{a.ip4}:53" in ln for ln in lines[1:])
     assert len(lines) == 4
+
+
+def test_host_listener_check_is_opt_in_and_spares_runtime_placeholders(node):
+    """A host process listening on 8080 makes ADD fail only with hostPortListeners=reject,
+    and not when the listener is a runtime placeholder (here: allowed by process name)."""
+    prev = prev_result("10.244.0.50/24")
+    with echo_server(node.host, proto="tcp", port=8080) as srv:
+        before = node.ruleset()
+        conf = netconf([port_mapping(8080, 80)], prev, hostPortListeners="reject")
+        rc, out, _ = node.exec("ADD", conf, cid="l1")
+        assert rc == 1
+        err = json.loads(out)
+        assert err["code"] == 7 and f"pid {srv.pid}" in err["msg"] and "0.0.0.0:8080" in err["msg"], err
+        assert node.ruleset() == before
+        # a different port, a UDP mapping on the same number, or another hostIP are fine
+        assert node.exec("ADD", netconf([port_mapping(8081, 80), port_mapping(8080, 80, "udp")], prev,
+                                        hostPortListeners="reject"), cid="l2")[0] == 0
+        # the runtime's own placeholder socket is not a conflict
+        comm = open(f"/proc/{srv.pid}/comm").read().strip()
+        conf = netconf([port_mapping(8080, 80)], prev, hostPortListeners="reject",
+                       runtimeListenerProcesses=[comm])
+        assert node.exec("ADD", conf, cid="l1")[0] == 0
+        # default (no opt-in): DNAT simply takes the port, like upstream
+        assert node.exec("ADD", netconf([port_mapping(8080, 80)], prev), cid="l3")[0] == 0

@@ -1,0 +1,130 @@
+"""Opt-in check: is a host process already listening on a mapped host port?
+
+Reads sockets over ``NETLINK_SOCK_DIAG`` (``SOCK_DIAG_BY_FAMILY`` dumps of
+``struct inet_diag_req_v2``; linux/inet_diag.h, linux/sock_diag.h), not ``ss``.
+A TCP socket in LISTEN or an unconnected bound UDP socket on the host port, on
+the wildcard address or on the mapping's hostIP (any local address when the
+mapping has none), counts as a conflict — unless the process holding it is a
+container runtime's placeholder: rootful Podman's ``conmon`` keeps a listening
+socket on every published port (../shared/reference/runtimes.md), and DNAT
+takes those packets first.  Owners are resolved (``/proc/<pid>/fd`` socket
+inodes) only when a listener was found, so the common case costs two dumps.
+SCTP sockets are not inspected (the sctp_diag module may be absent).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+TCP_LISTEN = 10
+PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
+#: default process names (``/proc/<pid>/comm``) whose sockets are runtime placeholders
+RUNTIME_PLACEHOLDERS = ("conmon", "conmonrs", "podman", "rootlessport", "rootlesskit",
+                        "slirp4netns", "pasta", "containerd", "crio", "dockerd", "docker-proxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """A socket bound to a host port: address (str), port, protocol, inode, owners [(pid, comm)]."""
+    proto: str
+    address: str
+    port: int
+    inode: int
+
+
+def _dump(family: int, proto: str) -> list[Listener]:
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    states = (1 << TCP_LISTEN) if proto == "tcp" else 0xFFFFFFFF
+    req = struct.pack("=BBBBI", af, PROTO[proto], 0, 0, states) + bytes(48)
+    seq = int.from_bytes(os.urandom(3), "little")
+    msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+    out = []
+    try:
+        s.settimeout(5)
+        s.send(msg)
+        while True:
+            buf = s.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                ln, typ, _, sq, _ = struct.unpack_from("=IHHII", buf, off)
+                if ln < 16:
+                    return out
+                if sq == seq:
+                    if typ == NLMSG_DONE:
+                        return out
+                    if typ == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", buf, off + 16)[0]
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        return out
+                    p = off + 16
+                    fam, state = buf[p], buf[p + 1]
+                    sport, dport = struct.unpack_from("!HH", buf, p + 4)
+                    src = buf[p + 8: p + 8 + (4 if fam == socket.AF_INET else 16)]
+                    inode = struct.unpack_from("=I", buf, p + 68)[0]
+                    if proto == "udp" and dport != 0:
+                        pass  # connected UDP socket: a client, not a listener
+                    else:
+                        out.append(Listener(proto, socket.inet_ntop(fam, src), sport, inode))
+                off += (ln + 3) & ~3
+    finally:
+        s.close()
+
+
+def owners(inode: int) -> list[tuple[int, str]]:
+    """Processes holding socket ``inode``: [(pid, comm)] (scans /proc; slow path only)."""
+    target = f"socket:[{inode}]"
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        d = f"/proc/{pid}/fd"
+        try:
+            for fd in os.listdir(d):
+                try:
+                    if os.readlink(f"{d}/{fd}") == target:
+                        with open(f"/proc/{pid}/comm") as f:
+                            found.append((int(pid), f.read().strip()))
+                        break
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return found
+
+
+def conflicts(forwards, allowed: tuple[str, ...] | list[str] = RUNTIME_PLACEHOLDERS) -> list[str]:
+    """Human descriptions of host listeners that clash with ``forwards`` (plan Forwards).
+
+    ``allowed``: process names whose sockets are ignored (runtime placeholders).
+    Raises OSError if sock_diag is unusable.
+    """
+    problems = []
+    cache: dict = {}
+    for f in forwards:
+        if f.proto not in PROTO:
+            continue
+        key = (f.family, f.proto)
+        if key not in cache:
+            cache[key] = _dump(f.family, f.proto)
+        for ls in cache[key]:
+            if ls.port != f.host_port:
+                continue
+            addr = ipaddress.ip_address(ls.address)
+            if not (addr.is_unspecified or f.host_ip is None or str(addr) == f.host_ip):
+                continue
+            who = owners(ls.inode)
+            if who and all(comm in allowed for _, comm in who):
+                continue
+            names = ", ".join(f"{comm} (pid {pid})" for pid, comm in who) or "unknown process"
+            problems.append(f"{f.proto} {ls.address}:{ls.port} is already in use by {names}")
+    return problems
