@@ -102,6 +102,10 @@ class Node:
     def owned_by(self, cid: str) -> list:
         return [(k, e) for k, els in self.elements().items() for e in els if e[2] and e[2].startswith(cid + "/")]
 
+    def forwards_of(self, cid: str) -> list[dict]:
+        """``nlportmap list --json`` rows of one container (any backend)."""
+        return [r for r in self.listing() if r["containerID"] == cid]
+
     def listing(self) -> list[dict]:
         rc, out, err = self._run_cli("list", "--json")
         assert rc == 0, err
