@@ -584,26 +584,28 @@ class NetfilterSocket:
                 out.append(els[0] if els else None)
         return out
 
-    def dump_elems(self, family: int, tbl: str, set_name: str) -> list[Elem] | None:
-        """All elements of a set (None if the table/set does not exist). O(n): off the hot path."""
-        raw, seq = self._req(GETSETELEM, family, nfts.nft_set_elem_list_msg,
-                             [("NFTA_SET_ELEM_LIST_TABLE", tbl), ("NFTA_SET_ELEM_LIST_SET", set_name)], dump=True)
+    def _dump(self, mtype: int, family: int, cls, a: list) -> list[bytes] | None:
+        """One kernel-filtered dump: raw messages, or None when the table/chain/set is missing."""
+        raw, seq = self._req(mtype, family, cls, a, dump=True)
         r = self.request([raw], [seq])[seq]
         if isinstance(r, int):
             if r == _errno.ENOENT:
                 return None
             raise OSError(r, os.strerror(r))
-        return [e for m in r for e in parse_elems(m)]
+        return r
+
+    def dump_elems(self, family: int, tbl: str, set_name: str) -> list[Elem] | None:
+        """All elements of a set (None if the table/set does not exist). O(n): off the hot path."""
+        r = self._dump(GETSETELEM, family, nfts.nft_set_elem_list_msg,
+                       [("NFTA_SET_ELEM_LIST_TABLE", tbl), ("NFTA_SET_ELEM_LIST_SET", set_name)])
+        return None if r is None else [e for m in r for e in parse_elems(m)]
 
     def dump_rules(self, family: int, tbl: str, chn: str) -> list[RuleInfo] | None:
         """Handles and comments of one chain's rules (None if table/chain missing)."""
-        raw, seq = self._req(GETRULE, family, nfts.nft_rule_msg,
-                             [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn)], dump=True)
-        r = self.request([raw], [seq])[seq]
-        if isinstance(r, int):
-            if r == _errno.ENOENT:
-                return None
-            raise OSError(r, os.strerror(r))
+        r = self._dump(GETRULE, family, nfts.nft_rule_msg,
+                       [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn)])
+        if r is None:
+            return None
         out = []
         for m in r:
             a = attrs(m, 20)
@@ -612,25 +614,12 @@ class NetfilterSocket:
 
     def dump_chains(self, family: int, tbl: str) -> list[str] | None:
         """Names of the chains of one table (None if the table is missing)."""
-        raw, seq = self._req(GETCHAIN, family, nfts.nft_chain_msg,
-                             [("NFTA_CHAIN_TABLE", tbl)], dump=True)
-        r = self.request([raw], [seq])[seq]
-        if isinstance(r, int):
-            if r == _errno.ENOENT:
-                return None
-            raise OSError(r, os.strerror(r))
+        r = self._dump(GETCHAIN, family, nfts.nft_chain_msg, [("NFTA_CHAIN_TABLE", tbl)])
+        if r is None:
+            return None
         out = []
         for m in r:
             a = attrs(m, 20)
             if a.get(1, b"").rstrip(b"\0").decode() == tbl and 3 in a:
                 out.append(a[3].rstrip(b"\0").decode())
         return out
-
-    def table_exists(self, family: int, tbl: str) -> bool:
-        raw, seq = self._req(GETTABLE, family, nfts.nft_table_msg, [("NFTA_TABLE_NAME", tbl)], dump=False)
-        r = self.request([raw], [seq])[seq]
-        if isinstance(r, int):
-            if r == _errno.ENOENT:
-                return False
-            raise OSError(r, os.strerror(r))
-        return True
