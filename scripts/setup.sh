@@ -26,3 +26,6 @@ if ! "$PY" -c 'import nlportmap, pyroute2, anyio, msgspec, pytest, hypothesis' 2
 fi
 "$PY" -c 'import nlportmap, pyroute2, anyio, msgspec' 
 command -v nlportmap >/dev/null
+# Precompiled bytecode + the fast CNI launcher (python -I -S; see nlportmap/launcher.py),
+# written next to the interpreter as nlportmap-cni.  Idempotent; cheap.
+"$PY" -m nlportmap.launcher >/dev/null
