@@ -48,37 +48,48 @@ def make_backend(name: str):
     raise InternalError(f'unrecognized backend "{name}"')
 
 
-def choose(conf) -> str:
-    """The backend name for ``conf`` (may probe nf_tables over netlink)."""
-    if conf.backend:
-        _log(f"backend {conf.backend} (explicit in config)")
-        return conf.backend
-    if _iptables_specific(conf):
-        _log("backend iptables (config has iptables-only options)")
-        return "iptables"
+def _nft_probe():
+    """(reason or None, the probed NftBackend or None): nf_tables answers GETGEN here?
+
+    GETGEN needs CAP_NET_ADMIN in the netns and a kernel with nf_tables, so it
+    is a sufficient and cheap probe; the backend (and its socket) is reused.
+    """
     from .nft.backend import NftBackend
     b = NftBackend()
     try:
-        reason = b.usable()
-    finally:
+        b.sock.genid()
+        return None, b
+    except OSError as e:
         b.close()
+        return f"nf_tables not reachable over netlink: {e}", None
+
+
+def choose(conf, probe=None) -> tuple[str, object | None]:
+    """(backend name, an already probed backend or None) for ``conf``.
+
+    ``probe``: callable returning ``(reason | None, backend | None)``
+    (default :func:`_nft_probe`; the daemon passes a memoized one).
+    """
+    if conf.backend:
+        _log(f"backend {conf.backend} (explicit in config)")
+        return conf.backend, None
+    if _iptables_specific(conf):
+        _log("backend iptables (config has iptables-only options)")
+        return "iptables", None
+    reason, backend = (probe or _nft_probe)()
     if reason is None:
         _log("backend nftables (nf_tables answers over netlink)")
-        return "nftables"
+        return "nftables", backend
     _log(f"backend iptables ({reason})")
-    return "iptables"
+    return "iptables", None
 
 
-def select_backend(conf):
+def select_backend(conf, probe=None):
     """Instantiate the backend for ``conf``; checks the option/backend conflict."""
-    name = choose(conf)
-    try:
-        from .config import check_backend_conflict
-    except ImportError:  # pragma: no cover
-        check_backend_conflict = None
-    if check_backend_conflict is not None:
-        check_backend_conflict(conf, name)
-    return make_backend(name)
+    name, backend = choose(conf, probe)
+    from .config import check_backend_conflict
+    check_backend_conflict(conf, name)
+    return backend if backend is not None else make_backend(name)
 
 
 def all_backends(conf) -> list:

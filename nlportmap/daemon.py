@@ -236,22 +236,27 @@ class Daemon:
         return None
 
     def choose(self, conf) -> str:
-        """:func:`nlportmap.backends.choose` with the nf_tables probe memoized for
-        :data:`PROBE_TTL` seconds (a probe is a refused transaction: ~10 ms of kernel
-        time).  Whether nf_tables works is a property of the kernel, not of any
-        mapping: nothing about the node's state is cached."""
+        """:func:`nlportmap.backends.choose` with the nf_tables probe (GETGEN on a pooled
+        socket) memoized for :data:`PROBE_TTL` seconds.  Whether nf_tables works is a
+        property of the kernel, not of any mapping: nothing about the node's state is cached."""
         from . import backends
-        if conf.backend or backends._iptables_specific(conf):
-            return backends.choose(conf)
-        now = time.monotonic()
-        if self._probe is None or now - self._probe[0] > PROBE_TTL:
-            b = self.take_backend()
-            reason = b.usable()
-            self.give_backend(b)
-            self._probe = (now, reason)
-            if reason is not None:
-                _log(f"nftables not usable ({reason}): iptables")
-        return "nftables" if self._probe[1] is None else "iptables"
+
+        def probe():
+            now = time.monotonic()
+            if self._probe is None or now - self._probe[0] > PROBE_TTL:
+                b = self.take_backend()
+                try:
+                    b.sock.genid()
+                    reason = None
+                except OSError as e:
+                    reason = f"nf_tables not reachable over netlink: {e}"
+                self.give_backend(b)
+                self._probe = (now, reason)
+                if reason is not None:
+                    _log(f"nftables not usable ({reason}): iptables")
+            return self._probe[1], None
+
+        return backends.choose(conf, probe)[0]
 
     def take_backend(self):
         with self._pool_lock:

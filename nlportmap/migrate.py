@@ -87,7 +87,7 @@ def _ipt_may_hold(sock, fam: int, names) -> bool:
     return bool(chains) and any(n in chains for n in names)
 
 
-def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None) -> int:
+def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None, sock=None) -> int:
     """Remove the upstream plugin's state for ``owner``; returns the number of removals
     (nft rules deleted + iptables restore lines applied).
 
@@ -96,7 +96,8 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None)
     (4, 6).  ``iptables``: also clean the iptables layout (pass False when
     nlportmap's own backend is iptables: its unforward already removed the same
     chains).  ``ipt``: an :class:`~nlportmap.ipt.backend.IptBackend` to use
-    (tests pick a flavour); default one otherwise.
+    (tests pick a flavour); default one otherwise.  ``sock``: an open
+    :class:`~nlportmap.nft.netlink.NetfilterSocket` to reuse (not closed here).
 
     Never fails for missing state or unusable tools.  Raises
     :class:`~nlportmap.errors.KernelError` if the kernel or iptables-restore
@@ -105,15 +106,16 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None)
     """
     families = tuple(f for f in (4, 6) if f in families)
     total = 0
-    sock = None
-    try:
-        from .nft.netlink import NetfilterSocket
-        sock = NetfilterSocket()
-        sock.genid()
-    except (OSError, ImportError):
-        if sock is not None:
-            sock.close()
-        sock = None
+    own = sock is None
+    if own:
+        try:
+            from .nft.netlink import NetfilterSocket
+            sock = NetfilterSocket()
+            sock.genid()
+        except (OSError, ImportError):
+            if sock is not None:
+                sock.close()
+            sock = None
     try:
         with netns_lock():
             if sock is not None:
@@ -129,7 +131,7 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None)
                         continue
                     total += b.teardown_chains(fam, [dn, sn], f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat")
     finally:
-        if sock is not None:
+        if own and sock is not None:
             sock.close()
     return total
 

@@ -13,7 +13,6 @@ import sys
 import time
 
 from .errors import InternalError
-from .plan import Owner, make_plan
 
 
 def _debug() -> bool:
@@ -52,6 +51,7 @@ class Plugin:
         return self._backend
 
     def _plan(self, req, prev: dict | None):
+        from .plan import Owner, make_plan
         from .result import container_ips
         conf = req.conf
         ips = container_ips(prev, req.ifname) if prev else {4: None, 6: None}
@@ -141,7 +141,9 @@ class Plugin:
             return
         try:
             from .migrate import cleanup_upstream
-            cleanup_upstream(plan.owner, iptables=getattr(backend, "name", "") != "iptables")
+            name = getattr(backend, "name", "")
+            cleanup_upstream(plan.owner, iptables=name != "iptables",
+                             sock=getattr(backend, "sock", None) if name == "nftables" else None)
         except Exception as e:  # noqa: BLE001
             sys.stderr.write(f"nlportmap: warning: could not remove upstream portmap state: {e}\n")
 
