@@ -211,6 +211,19 @@ class Listed:
                 "containerPort": self.container_port, "backend": self.backend, "state": self.state}
 
 
+def _conditions(conf, fam: int) -> tuple:
+    """``conf.parsed_conditions(fam)``, except for a config parsed for DEL: there an
+    invalid list was tolerated (:mod:`nlportmap.config`, DEL leniency) and counts as
+    none -- DEL removes elements by owner and never uses the conditions."""
+    from .errors import InvalidConfig
+    try:
+        return conf.parsed_conditions(fam)
+    except InvalidConfig:
+        if getattr(conf, "__dict__", {}).get("_command") == "DEL":
+            return ()
+        raise
+
+
 def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
     """Build the plan for one attachment.
 
@@ -270,7 +283,7 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
         owner=owner,
         forwards=tuple(forwards),
         masqs=tuple(masqs),
-        conditions={4: conf.parsed_conditions(4), 6: conf.parsed_conditions(6)},
+        conditions={4: _conditions(conf, 4), 6: _conditions(conf, 6)},
         raw_conditions={4: conf.conditionsV4, 6: conf.conditionsV6},
         snat=conf.snat,
         masq_all=conf.masqAll,
