@@ -70,9 +70,12 @@ class NftBackend:
                     return 0
                 try:
                     self.sock.commit(ops, gen)
+                    self._repair = False
                     return len(ops)
                 except N.NftError as e:
                     code = e.errors[0][1]
+                    if code == errno.ENOENT:
+                        self._repair = True  # an object of ours is gone: rewrite the skeleton next time
                     if code in RETRY_ERRNOS and attempt + 1 < MAX_ATTEMPTS:
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                         continue
@@ -81,7 +84,11 @@ class NftBackend:
                     raise KernelError(f"{what}: nftables refused the transaction: {e}") from e
         raise TryAgainLater(f"{what}: gave up")  # pragma: no cover
 
+    _repair = False
+
     def _skeleton_ok(self, fams, plan: Plan) -> dict[int, bool]:
+        if self._repair:
+            return {fam: False for fam in fams}
         out = {}
         for fam in fams:
             rules = self.sock.dump_rules(N.FAMILY[fam], L.TABLE, "prerouting")
@@ -184,13 +191,15 @@ class NftBackend:
                 by_prefix.setdefault(c.key[:24], []).append(c)
             for s, k in keys:
                 proto, hip, port = L.parse_forward_key(fam, s, k)
-                for c in by_prefix.get(L.claim_prefix(proto, hip, port), []):
-                    if doomed(c.comment) or not c.data:
-                        continue
-                    dels.setdefault((fam, L.CLAIMS), []).append((c.key, None, None))
-                    adds.setdefault((fam, s), []).append((k, L.live_data_from_claim(fam, c.data), c.comment))
-                    by_prefix[c.key[:24]].remove(c)
-                    break
+                alive = [c for c in by_prefix.get(L.claim_prefix(proto, hip, port), [])
+                         if c.data and not doomed(c.comment)]
+                if not alive:
+                    continue
+                # the newest surviving claim wins, so "newest live ADD owns the port" holds
+                c = max(alive, key=lambda c: Owner.created_ms(c.comment) or 0)
+                dels.setdefault((fam, L.CLAIMS), []).append((c.key, None, None))
+                adds.setdefault((fam, s), []).append((k, L.live_data_from_claim(fam, c.data), c.comment))
+                by_prefix[c.key[:24]].remove(c)
 
     # ----------------------------------------------------------------- DEL
     def unforward(self, plan: Plan) -> int:
@@ -226,8 +235,9 @@ class NftBackend:
                 dels.setdefault((fam, s), []).append((k, None, None))
                 if s != L.CLAIMS:
                     freed[fam].append((s, k))
-                    if cur.data:
-                        pod_ips[fam].add(L.parse_forward_data(fam, cur.data)[0])
+                if cur.data:  # the pod's IP, for its masquerade elements (no prevResult needed)
+                    live = L.live_data_from_claim(fam, cur.data) if s == L.CLAIMS else cur.data
+                    pod_ips[fam].add(L.parse_forward_data(fam, live)[0])
             for m in plan.masqs:
                 pod_ips[m.family].add(m.daddr)
             mq = []
@@ -300,7 +310,10 @@ class NftBackend:
 
         def doomed(comment):
             o = Owner.parse(comment)
-            if o is None or o.tag in valid_tags or (network is not None and o.network != network):
+            if o is None or o.tag in valid_tags:
+                return False
+            # compare through the same cut the stored comment went through (long names)
+            if network is not None and comment.split(" @")[0] != Owner(o.container_id, o.ifname, network).comment:
                 return False
             created = Owner.created_ms(comment)
             return created is None or created < start

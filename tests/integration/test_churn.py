@@ -80,8 +80,6 @@ def test_model_basics():
     assert all(not v for v in m.elements().values())
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DEL/GC of a port's owner promotes an arbitrary shadowed claim "
-                                       "(hash order of the claims map), not the newest surviving one")
 def test_restore_order_is_newest_surviving_claim(node):
     """Six attachments ADD the same host port in turn; DELs of the current owner must hand
     the port back in reverse ADD order (the newest surviving claim), so that "the newest

@@ -143,9 +143,6 @@ def test_long_network_name_add_check_del(node):
     assert node.owned_by("longnet") == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: GC compares the network name with the one parsed from the "
-                                       "(cut) owner comment, so attachments of long network names are never "
-                                       "collected")
 def test_gc_collects_attachments_of_a_long_network_name(node):
     name = "n" * 300
     ok(node, "ADD", netconf([port_mapping(9400, 80)], PREV, name=name), cid="longnet")
@@ -298,9 +295,6 @@ def test_del_without_prev_result_leaves_nothing(node):
     assert node.owned_by("solo") == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: DEL without prevResult finds the pod IPs only in live DNAT "
-                                       "elements, so a container whose every port was taken over leaks its "
-                                       "masquerade elements (the claim data has the IPs)")
 def test_del_without_prev_result_after_being_taken_over_leaves_nothing(node):
     """The same when every port of the container was taken over: its masquerade elements
     and shadowed claims must still go (the claims carry the container IPs)."""
