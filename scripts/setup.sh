@@ -19,7 +19,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
+here=$(pwd -P)
+# (Re)install when anything is missing or when the installed nlportmap is another checkout's
+# (an editable install elsewhere on this machine would otherwise be what the tests run).
 if ! "$PY" -c 'import nlportmap, pyroute2, anyio, msgspec, pytest, hypothesis' 2>/dev/null \
+   || [ "$(cd / && "$PY" -c 'import nlportmap, os; print(os.path.dirname(os.path.dirname(os.path.realpath(nlportmap.__file__))))' 2>/dev/null)" != "$here" ] \
    || ! command -v nlportmap >/dev/null; then
     echo "setup: pip install -e .[test]" >&2
     "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -e '^WARNING: Running pip as' -e 'is ignored: it is neither' >&2 || true

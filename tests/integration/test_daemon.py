@@ -240,7 +240,22 @@ def test_non_root_peer_is_refused(env):
     if not os.access(py, os.X_OK) or not shutil.which("setpriv"):
         pytest.skip("needs /usr/bin/python3 and setpriv to run a client as nobody")
     env.start_daemon("--mode", "0666")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # the stdlib-only shim, copied where "nobody" can read it (the checkout may be private)
+    import tempfile
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = tempfile.mkdtemp(prefix="nlpm-pub-")
+    try:
+        _refused_as_nobody(env, py, src, repo)
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def _refused_as_nobody(env, py, src, repo):
+    os.makedirs(os.path.join(repo, "nlportmap"))
+    for f in ("__init__.py", "shim.py"):
+        shutil.copy(os.path.join(src, "nlportmap", f), os.path.join(repo, "nlportmap", f))
+    for d in (repo, os.path.join(repo, "nlportmap")):
+        os.chmod(d, 0o755)
     code = ("import sys; sys.path.insert(0, %r)\n"
             "from nlportmap import shim\n"
             "try:\n"
