@@ -33,6 +33,9 @@ def main(argv=None) -> int:
                         "in threads setns'd into the node namespace)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="verify the model every N ops (default 500)")
     p.add_argument("--seed", type=int, default=None, help="workload seed (default random; printed)")
+    p.add_argument("--foreign-interval", type=float, default=0.02,
+                   help="seconds between commits of another nftables user in the node (default 0.02; "
+                        "negative: none)")
     p.add_argument("--adopt", action="store_true",
                    help="after a divergence in *which* shadowed claim was restored, follow the kernel's choice")
     args = p.parse_args(argv)
@@ -54,12 +57,14 @@ def main(argv=None) -> int:
               f"{rep.final_elements} elements, divergences {len(rep.divergences)}", flush=True)
 
     print(f"nlportmap soak: {args.ops} ops, {args.workers} workers, {args.containers} attachments, "
-          f"sharers {args.sharers}, exec fraction {args.exec_fraction}, model restores claims: {RESTORES_CLAIMS}",
+          f"sharers {args.sharers}, exec fraction {args.exec_fraction}, foreign commits every "
+          f"{args.foreign_interval} s, model restores claims: {RESTORES_CLAIMS}",
           flush=True)
     with Topology(prefix="nlpm-soak", plugin_paths={"portmap": EXE}) as t:
         rep = run_churn(Node(t), ops=args.ops, workers=args.workers, containers=args.containers,
                         sharers=args.sharers, exec_fraction=args.exec_fraction, seed=args.seed,
                         checkpoint_every=args.checkpoint_every, adopt=args.adopt,
+                        foreign_interval=None if args.foreign_interval < 0 else args.foreign_interval,
                         log=lambda m: print(m, flush=True), progress=progress)
     print(f"seed {rep.seed}: {rep.summary()}")
     for d in rep.divergences:

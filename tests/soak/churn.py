@@ -572,7 +572,8 @@ class Report:
     by_mode: Counter = field(default_factory=Counter)
     expected_failures: int = 0
     commits: int = 0
-    foreign_commits: int = 0
+    foreign_commits: int = 0         # commits in the node by nobody we started (seen by the monitor)
+    foreign_commits_made: int = 0    # commits of the foreign-user thread
     noop_commits: int = 0
     checkpoints: int = 0
     takeovers: int = 0
@@ -588,6 +589,7 @@ class Report:
         return (f"{self.ops} operations in {self.seconds:.1f} s = {self.ops_per_second:.1f} ops/s "
                 f"({dict(self.by_kind)}; {dict(self.by_mode)}); {self.commits} commits, "
                 f"{self.takeovers} takeovers, {self.restores} restores, "
+                f"{self.foreign_commits} foreign commits, "
                 f"{self.expected_failures} failures the model required, {self.checkpoints} checkpoints, "
                 f"{self.final_elements} elements at the end; divergences: {len(self.divergences)}")
 
@@ -623,7 +625,8 @@ class Churn:
 
     def __init__(self, node, atts: list[Attachment], *, workers: int = 8, exec_fraction: float = 1.0,
                  seed: int = 0, weights=None, checkpoint_every: int = 100, exe: str | None = None,
-                 forget_max: int = 2, log=None, progress=None, adopt: bool = False):
+                 forget_max: int = 2, log=None, progress=None, adopt: bool = False,
+                 foreign_interval: float | None = None):
         from nlpm_helpers import EXE
         self.node = node
         self.atts = atts
@@ -637,6 +640,7 @@ class Churn:
         self.log = log or (lambda msg: None)
         self.progress = progress or (lambda report, gen: None)
         self.adopt = adopt
+        self.foreign_interval = foreign_interval
         self._seen: set[str] = set()
         self.model = Model(atts)
         self.report = Report()
@@ -743,14 +747,41 @@ class Churn:
         except BaseException as e:  # noqa: BLE001 - reported by run()
             self.errors.append(e)
 
+    def _foreign(self, stop: threading.Event) -> None:
+        """Another nftables user committing in the node all the time (its own table):
+        every one of its commits moves the generation under our calls' feet."""
+        try:
+            enter_netns(self.ns_path)
+            sock = N.NetfilterSocket()
+            try:
+                n = 0
+                while not stop.is_set():
+                    name = f"nlpm_foreign{(n // 2) % 3}"
+                    sock.commit([N.table(N.NFPROTO_IPV4, name)] if n % 2 == 0 else [N.del_table(N.NFPROTO_IPV4, name)])
+                    n += 1
+                    self.report.foreign_commits_made = n
+                    stop.wait(self.foreign_interval)
+            finally:
+                sock.close()
+        except BaseException as e:  # noqa: BLE001
+            self.errors.append(e)
+
     def run(self, ops: int) -> Report:
         t0 = time.perf_counter()
         threads = [threading.Thread(target=self._worker, args=(ops,), name=f"nlpm-churn-{i}", daemon=True)
                    for i in range(self.workers)]
+        stop = threading.Event()
+        foreign = None
+        if self.foreign_interval is not None:
+            foreign = threading.Thread(target=self._foreign, args=(stop,), name="nlpm-churn-foreign", daemon=True)
+            foreign.start()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        stop.set()
+        if foreign is not None:
+            foreign.join(10)
         self.report.seconds = time.perf_counter() - t0
         if self.errors:
             raise self.errors[0]
@@ -866,12 +897,13 @@ class Churn:
 
 def run_churn(node, *, ops: int, workers: int = 8, containers: int = 100, sharers: int = 2,
               exec_fraction: float = 1.0, seed: int | None = None, checkpoint_every: int = 100,
-              log=None, progress=None, adopt: bool = False) -> Report:
+              log=None, progress=None, adopt: bool = False, foreign_interval: float | None = None) -> Report:
     """Build the workload and run it on ``node``; returns the :class:`Report`."""
     seed = random.randrange(1 << 30) if seed is None else seed
     atts = make_attachments(containers, sharers=sharers, seed=seed)
     churn = Churn(node, atts, workers=workers, exec_fraction=exec_fraction, seed=seed,
-                  checkpoint_every=checkpoint_every, log=log, progress=progress, adopt=adopt)
+                  checkpoint_every=checkpoint_every, log=log, progress=progress, adopt=adopt,
+                  foreign_interval=foreign_interval)
     try:
         rep = churn.run(ops)
     finally:
