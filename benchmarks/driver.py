@@ -134,8 +134,9 @@ def run_op(job: dict, command: str, index: int, ip: str, port: int, rss: bool = 
 
 
 def job_cycle(job: dict) -> dict:
-    out: dict = {"ADD": [], "CHECK": [], "DEL": [], "failures": [], "rss_kib": {}}
+    out: dict = {"ADD": [], "CHECK": [], "DEL": [], "BASE": [], "failures": [], "rss_kib": {}}
     first = job.get("first", 1_000_000)
+    base = job.get("baseline_argv")  # a bare interpreter start right before each ADD (same load)
     deadline = time.monotonic() + job.get("max_seconds", 300)
     for k in range(job["samples"]):
         if time.monotonic() > deadline:
@@ -143,6 +144,8 @@ def job_cycle(job: dict) -> dict:
             break
         i = first + k
         ip, port = sample_ip(i), 30000 + (i % 30000)
+        if base:
+            out["BASE"].append([spawn(base[0], {"PATH": "/usr/bin:/bin"}, b"", base)["wall"], None])
         for command in ("ADD", "CHECK", "DEL"):
             r = run_op(job, command, i, ip, port)
             out[command].append([r["wall"], r["rss_kib"]])
