@@ -163,7 +163,10 @@ def exchange(path, frame: bytes, deadline: float = DEFAULT_DEADLINE,
         try:
             s.settimeout(deadline)
             s.connect(path)
-            s.sendall(frame)
+            try:
+                s.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # a daemon that refuses early may close first: its reason is still readable
             kind, payload = read_reply(s, t_end)
         except FileNotFoundError:
             raise Fallback("no daemon socket") from None

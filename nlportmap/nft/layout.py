@@ -187,7 +187,9 @@ def fingerprint(fam: int, conds) -> str:
     """Comment stored on the prerouting jump rules: layout version + conditions."""
     text = " ".join(str(c) for c in conds or ())
     h = hashlib.sha1(f"{LAYOUT_VERSION}|{fam}|{text}".encode()).hexdigest()[:12]
-    c = f"nlportmap/{LAYOUT_VERSION} {h}" + (f" if {text}" if text else "")
+    # no double quotes or backslashes: `nft list ruleset` output must load back with `nft -f`
+    shown = text.replace('"', "").replace("\\", "")
+    c = f"nlportmap/{LAYOUT_VERSION} {h}" + (f" if {shown}" if shown else "")
     return c.encode()[:200].decode(errors="ignore")
 
 

@@ -209,3 +209,13 @@ def test_operator_can_read_the_layout(node):
     cp = subprocess.run(["ip", "netns", "exec", node.host.name, "nft", "-j", "list", "ruleset"],
                         capture_output=True, text=True)
     assert cp.returncode == 0 and json.loads(cp.stdout)  # nft understands every object we wrote
+
+
+def test_saved_ruleset_loads_back(node):
+    """`nft list ruleset` output (an operator's backup) must be valid input for `nft -f`,
+    also with conditions whose text holds quotes and wildcards."""
+    add(node, conditionsV4=["iifname", '"eth*"', "ip", "saddr", "!=", "{ 192.0.2.0/24, 198.51.100.7 }"])
+    saved = node.ruleset()
+    assert "iifname" in saved
+    cp = node.host.run("nft", "-c", "-f", "-", input=saved, check=False, text=True)
+    assert cp.returncode == 0, cp.stderr
