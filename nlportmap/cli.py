@@ -35,10 +35,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="portmap executable to demo (default: this nlportmap)")
     ls = sub.add_parser("list", help="list the host-port mappings on this node (read over netlink)")
     ls.add_argument("--json", action="store_true", help="stable JSON (a list of objects) instead of a table")
-    ls.add_argument("--backend", choices=("nftables", "iptables", "all"), default="all")
+    ls.add_argument("--backend", choices=("nftables", "iptables", "all"), default="all",
+                    help="which backend's state to read (default: all)")
     pl = sub.add_parser("plan", help="dry-run: read a CNI config on stdin, print the plan and transaction objects")
-    pl.add_argument("--container-id", default="dry-run")
-    pl.add_argument("--ifname", default="eth0")
+    pl.add_argument("--container-id", default="dry-run", help="CNI_CONTAINERID to plan for (default: dry-run)")
+    pl.add_argument("--ifname", default="eth0", help="CNI_IFNAME: picks the container IPs in prevResult (default: eth0)")
     dm = sub.add_parser("daemon", help="serve plugin requests from a resident process (root; see docs/performance.md)")
     dm.add_argument("--socket", default=None,
                     help="Unix socket path (default: $NLPORTMAP_SOCKET or /run/nlportmap/daemon.sock)")
@@ -80,40 +81,72 @@ def cmd_list(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .config import parse_config
-    from .errors import CNIError, error_json
+    """Dry-run: print the plan and the objects of the transaction(s); touches nothing.
+
+    Input: one plugin configuration as a runtime sends it on ADD (with
+    ``prevResult``), not a whole conflist.  The backend shown is the one ADD
+    would use, except that auto-detection is assumed to find nf_tables.
+    """
+    from .backends import _iptables_specific
+    from .config import check_backend_conflict, parse_config
+    from .errors import CNIError, InvalidConfig, error_json
     from .plan import Owner, make_plan
     from .result import container_ips, decode_prev_result
     try:
-        conf = parse_config(sys.stdin.buffer.read(), "ADD")
-        prev = decode_prev_result(conf.prevResult, conf.cniVersion) if conf.prevResult else None
-        ips = container_ips(prev, args.ifname) if prev else {4: None, 6: None}
-        plan = make_plan(conf, ips, Owner(args.container_id, args.ifname, conf.name))
+        raw = sys.stdin.buffer.read()
+        try:
+            if isinstance(json.loads(raw or b"null"), dict) and "plugins" in json.loads(raw):
+                raise InvalidConfig("plan: this is a conflist; give the portmap plugin's entry as a runtime "
+                                    "would send it (with name, cniVersion, runtimeConfig and prevResult)")
+        except ValueError:
+            pass  # parse_config reports the JSON error
+        conf = parse_config(raw, "ADD")
+        if conf.prevResult is None:
+            raise InvalidConfig("plan: no prevResult (ADD would fail: must be called as chained plugin)")
+        prev = decode_prev_result(conf.prevResult, conf.cniVersion)
+        plan = make_plan(conf, container_ips(prev, args.ifname), Owner(args.container_id, args.ifname, conf.name))
+        backend = conf.backend or ("iptables" if _iptables_specific(conf) else "nftables")
+        check_backend_conflict(conf, backend)
     except CNIError as e:
         print(error_json(e))
         return 1
     print(plan.describe())
+    auto = "" if conf.backend else " (auto-detected; iptables if nf_tables does not answer)"
+    print(f"backend: {backend}{auto}")
+    if backend == "iptables":
+        from .ipt import rules as R
+        print("iptables-restore --noflush input on an empty node, per family:")
+        for fam in plan.families():
+            cc = R.container_chain(plan, fam)
+            print(f"  # {'iptables' if fam == 4 else 'ip6tables'}-restore")
+            for line in R.restore_text(R.add_lines(cc, R.parse_save("")), R.TABLE).splitlines():
+                print(f"  {line}")
+        return 0
     from .nft import layout as L
     from .nft import netlink as N
     print("nftables transaction (first ADD on a node; later ADDs send only the elements):")
-    ops = []
     for fam in plan.families():
-        ops += L.skeleton(fam, plan.conditions.get(fam))
+        for op in L.skeleton(fam, plan.conditions.get(fam)):
+            print(f"  {N.op_name(op)}")
+    stamp = plan.owner.comment + " @<ms>"
     for f in plan.forwards:
-        s, k = L.forward_key(f.family, f.proto, f.host_ip, f.host_port)
-        ops.append(N.set_elems(True, N.FAMILY[f.family], L.TABLE, s, [(k, b"", None)]))
-        ops[-1] = (ops[-1][0], ops[-1][1], ops[-1][2], f"{f}  comment {plan.owner.comment!r}")
+        s, _ = L.forward_key(f.family, f.proto, f.host_ip, f.host_port)
+        print(f"  NEWSETELEM {'ip' if f.family == 4 else 'ip6'} {L.TABLE}/{s}  {f}  comment {stamp!r}")
     for m in plan.masqs:
-        s, k = L.masq_key(m.saddr, m.daddr)
-        ops.append((N.NEWSETELEM, 0, N.set_elems(True, N.FAMILY[m.family], L.TABLE, s, [(k, None, None)])[2],
-                    f"{m}  comment {plan.owner.comment!r}"))
-    for op in ops:
-        extra = f"  {op[3]}" if len(op) > 3 else ""
-        print(f"  {N.op_name(op[:3])}{extra}")
+        s, _ = L.masq_key(m.saddr, m.daddr)
+        print(f"  NEWSETELEM {'ip' if m.family == 4 else 'ip6'} {L.TABLE}/{s}  {m}  comment {stamp!r}")
     return 0
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # e.g. `nlportmap plan | head`
+        sys.stderr.close()
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if not argv:
         sys.stderr.write(ABOUT)
         sys.stderr.write("Not called by a runtime (CNI_COMMAND unset). Operator commands: nlportmap --help\n")
