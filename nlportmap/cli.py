@@ -62,6 +62,8 @@ def cmd_list(args) -> int:
             if args.backend != "all":
                 print(f"nlportmap: {n}: {e}", file=sys.stderr)
                 return 1
+    rows.sort(key=lambda r: (r.state != "active", r.host_port, r.proto, r.family, r.host_ip or "",
+                             r.owner.container_id if r.owner else ""))
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return 0
