@@ -10,3 +10,16 @@ if _FIXTURES not in sys.path:
     sys.path.insert(0, _FIXTURES)
 
 pytest_plugins = ["netns_fixtures.pytest_plugin"]
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# nlportmap keeps one lock file per network namespace (nlportmap.lock); tests make
+# hundreds of namespaces, so their locks live in a private directory removed at exit
+# instead of accumulating in /run/nlportmap.
+if "NLPORTMAP_LOCK_DIR" not in os.environ:
+    _LOCKS = tempfile.mkdtemp(prefix="nlpm-test-locks-")
+    os.environ["NLPORTMAP_LOCK_DIR"] = _LOCKS
+    atexit.register(shutil.rmtree, _LOCKS, True)

@@ -130,7 +130,7 @@ def test_gc_spares_a_concurrent_add(node, round_):
     for n in range(5):
         assert node.exec("ADD", netconf([port_mapping(10000 + n, 80)], prev_result(f"10.244.1.{n + 1}/24")),
                          cid=f"old{n}")[0] == 0
-    lock = f"/run/nlportmap/netns-{os.stat(node.host.path).st_ino}.lock"
+    lock = os.path.join(os.environ["NLPORTMAP_LOCK_DIR"], f"netns-{os.stat(node.host.path).st_ino}.lock")
     res = {}
 
     def run(key, fn):
