@@ -19,10 +19,11 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from .nlmsg import collect
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
 TCP_LISTEN = 10
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
@@ -47,37 +48,25 @@ def _dump(family: int, proto: str) -> list[Listener]:
     seq = int.from_bytes(os.urandom(3), "little")
     msg = struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
-    out = []
+    msgs: list[bytes] = []
     try:
         s.settimeout(5)
         s.send(msg)
-        while True:
-            buf = s.recv(1 << 20)
-            off = 0
-            while off + 16 <= len(buf):
-                ln, typ, _, sq, _ = struct.unpack_from("=IHHII", buf, off)
-                if ln < 16:
-                    return out
-                if sq == seq:
-                    if typ == NLMSG_DONE:
-                        return out
-                    if typ == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", buf, off + 16)[0]
-                        if code:
-                            raise OSError(code, os.strerror(code))
-                        return out
-                    p = off + 16
-                    fam, state = buf[p], buf[p + 1]
-                    sport, dport = struct.unpack_from("!HH", buf, p + 4)
-                    src = buf[p + 8: p + 8 + (4 if fam == socket.AF_INET else 16)]
-                    inode = struct.unpack_from("=I", buf, p + 68)[0]
-                    if proto == "udp" and dport != 0:
-                        pass  # connected UDP socket: a client, not a listener
-                    else:
-                        out.append(Listener(proto, socket.inet_ntop(fam, src), sport, inode))
-                off += (ln + 3) & ~3
+        while not collect(s.recv(1 << 20), seq, msgs):
+            pass
     finally:
         s.close()
+    out = []
+    for m in msgs:
+        p = 16
+        fam = m[p]
+        sport, dport = struct.unpack_from("!HH", m, p + 4)
+        src = m[p + 8: p + 8 + (4 if fam == socket.AF_INET else 16)]
+        inode = struct.unpack_from("=I", m, p + 68)[0]
+        if proto == "udp" and dport != 0:
+            continue  # connected UDP socket: a client, not a listener
+        out.append(Listener(proto, socket.inet_ntop(fam, src), sport, inode))
+    return out
 
 
 def owners(inode: int) -> list[tuple[int, str]]:

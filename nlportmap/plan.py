@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from .conditions import Match
 
 __all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COMMENT_MAX"]
 

@@ -24,6 +24,7 @@ import sys
 import time
 
 from . import _pyroute2
+from .nlmsg import collect
 
 NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -65,23 +66,8 @@ async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.
                 buf = s.recv(1 << 20)
             except BlockingIOError:
                 continue
-            off = 0
-            while off + 16 <= len(buf):
-                ln, typ, flg, sq, _ = struct.unpack_from("=IHHII", buf, off)
-                if ln < 16:
-                    return out
-                if sq == seq:
-                    if typ == NLMSG_DONE:
-                        return out
-                    if typ == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", buf, off + 16)[0]
-                        if code:
-                            raise OSError(code, os.strerror(code))
-                        return out
-                    out.append(buf[off: off + ln])
-                    if not flg & 0x2:  # not NLM_F_MULTI: a single answer
-                        return out
-                off += (ln + 3) & ~3
+            if collect(buf, seq, out):
+                return out
 
 
 def _ct_msg(mtype: int, flags: int, family: int, proto: int, port: int, seq: int) -> bytes:

@@ -31,7 +31,7 @@ from .. import _pyroute2
 
 _pyroute2.load()
 
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg  # noqa: E402
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES  # noqa: E402
 from pyroute2.netlink.nfnetlink import nftsocket as nfts  # noqa: E402
 
 # ------------------------------------------------------------------ constants
