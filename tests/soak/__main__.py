@@ -11,7 +11,7 @@ Examples::
 
     python3 -m tests.soak                       # 10,000 ops, 8 workers, 5% exec'd, the rest in-process
     python3 -m tests.soak --ops 2000 --exec-fraction 1   # every call exec'd, like a runtime
-    python3 -m tests.soak --sharers 4           # up to 4 claimants per host port
+    python3 -m tests.soak --sharers 5           # up to 5 claimants per host port
 """
 from __future__ import annotations
 
@@ -26,15 +26,15 @@ def main(argv=None) -> int:
     p.add_argument("--ops", type=int, default=10_000, help="operations (default 10000)")
     p.add_argument("--workers", type=int, default=8, help="concurrent workers (default 8)")
     p.add_argument("--containers", type=int, default=100, help="attachments (default 100)")
-    p.add_argument("--sharers", type=int, default=2,
-                   help="attachments per shared host port (default 2; >2 exercises the choice of the restored claim)")
+    p.add_argument("--sharers", type=int, default=3,
+                   help="attachments per shared host port (default 3: ports pass through several shadowed claims)")
     p.add_argument("--exec-fraction", type=float, default=0.05,
                    help="fraction of calls that exec the real plugin (default 0.05; the rest run in-process "
                         "in threads setns'd into the node namespace)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="verify the model every N ops (default 500)")
     p.add_argument("--seed", type=int, default=None, help="workload seed (default random; printed)")
-    p.add_argument("--foreign-interval", type=float, default=0.02,
-                   help="seconds between commits of another nftables user in the node (default 0.02; "
+    p.add_argument("--foreign-interval", type=float, default=0.05,
+                   help="seconds between commits of another nftables user in the node (default 0.05; "
                         "negative: none)")
     p.add_argument("--adopt", action="store_true",
                    help="after a divergence in *which* shadowed claim was restored, follow the kernel's choice")

@@ -179,7 +179,7 @@ _NODE4_SPELLINGS = (NODE_IP4, "::ffff:10.99.0.1")
 _NODE6_SPELLINGS = (NODE_IP6, "FD00:99:0::1")
 
 
-def make_attachments(n: int = 100, *, sharers: int = 2, seed: int = 0) -> list[Attachment]:
+def make_attachments(n: int = 100, *, sharers: int = 3, seed: int = 0) -> list[Attachment]:
     """``n`` attachments; every shared mapping (one host key) is used by exactly ``sharers``
     attachments (see module doc).  Deterministic for a seed."""
     rng = random.Random(seed)
@@ -493,6 +493,26 @@ def enter_netns(path: str) -> None:
         raise RuntimeError(f"setns({path}) did not move this thread")
 
 
+def foreign_committer(ns_path: str, interval: float, stop: threading.Event, report=None) -> int:
+    """Be another nftables user in ``ns_path``: commit (add or delete a table of its own)
+    every ``interval`` s until ``stop``; every commit moves the ruleset generation.
+    Runs in the calling thread (setns'd); returns the number of commits."""
+    enter_netns(ns_path)
+    sock = N.NetfilterSocket()
+    n = 0
+    try:
+        while not stop.is_set():
+            name = f"nlpm_foreign{(n // 2) % 3}"
+            sock.commit([N.table(N.NFPROTO_IPV4, name)] if n % 2 == 0 else [N.del_table(N.NFPROTO_IPV4, name)])
+            n += 1
+            if report is not None:
+                report.foreign_commits_made = n
+            stop.wait(interval)
+    finally:
+        sock.close()
+    return n
+
+
 # --------------------------------------------------------------------------- running one call
 
 
@@ -748,21 +768,8 @@ class Churn:
             self.errors.append(e)
 
     def _foreign(self, stop: threading.Event) -> None:
-        """Another nftables user committing in the node all the time (its own table):
-        every one of its commits moves the generation under our calls' feet."""
         try:
-            enter_netns(self.ns_path)
-            sock = N.NetfilterSocket()
-            try:
-                n = 0
-                while not stop.is_set():
-                    name = f"nlpm_foreign{(n // 2) % 3}"
-                    sock.commit([N.table(N.NFPROTO_IPV4, name)] if n % 2 == 0 else [N.del_table(N.NFPROTO_IPV4, name)])
-                    n += 1
-                    self.report.foreign_commits_made = n
-                    stop.wait(self.foreign_interval)
-            finally:
-                sock.close()
+            foreign_committer(self.ns_path, self.foreign_interval, stop, self.report)
         except BaseException as e:  # noqa: BLE001
             self.errors.append(e)
 
@@ -895,7 +902,7 @@ class Churn:
                     self.report.restores += 1
 
 
-def run_churn(node, *, ops: int, workers: int = 8, containers: int = 100, sharers: int = 2,
+def run_churn(node, *, ops: int, workers: int = 8, containers: int = 100, sharers: int = 3,
               exec_fraction: float = 1.0, seed: int | None = None, checkpoint_every: int = 100,
               log=None, progress=None, adopt: bool = False, foreign_interval: float | None = None) -> Report:
     """Build the workload and run it on ``node``; returns the :class:`Report`."""
