@@ -41,8 +41,10 @@ _ATTEMPTS = 10
 def _nft_cleanup(sock, owner, families) -> int:
     from .nft import netlink as N
 
+    # Rules go by handle (never reused within a table): a rule that vanished since
+    # the dump makes the batch fail with ENOENT and we dump again.  No generation-id
+    # guard: other programs' commits elsewhere would make it fail spuriously.
     for attempt in range(_ATTEMPTS):
-        gen = sock.genid()
         ops = []
         for fam in families:
             for chain in UPSTREAM_CHAINS:
@@ -52,7 +54,7 @@ def _nft_cleanup(sock, owner, families) -> int:
         if not ops:
             return 0
         try:
-            sock.commit(ops, gen)
+            sock.commit(ops)
             return len(ops)
         except N.NftError as e:
             code = e.errors[0][1]

@@ -106,8 +106,6 @@ def test_restore_order_is_newest_surviving_claim(node):
         assert order == [{f"{cids[i]}/eth0"} for i in reversed(range(5))]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: every ADD fails with code 11 (25 generation-id retries) while "
-                                       "another nftables user commits every 5 ms (100/s is enough)")
 def test_calls_succeed_while_another_nftables_user_commits_every_5ms(node):
     """Another program on the node (kube-proxy, firewalld, ...) commits to a table of its
     own 200 times a second.  It never touches nlportmap's table, so nothing nlportmap
