@@ -183,7 +183,6 @@ def make_attachments(n: int = 100, *, sharers: int = 3, seed: int = 0) -> list[A
     """``n`` attachments; every shared mapping (one host key) is used by exactly ``sharers``
     attachments (see module doc).  Deterministic for a seed."""
     rng = random.Random(seed)
-    slots = []  # (attachment index) per attachment: planned mapping count
     counts = [rng.choice((1, 1, 2, 2, 3)) for _ in range(n)]
     want_shared = [max(0, c - (1 if rng.random() < 0.3 else 0)) for c in counts]
     pool = [i for i in range(n) for _ in range(want_shared[i])]
