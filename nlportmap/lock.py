@@ -6,7 +6,8 @@ default ``/run/nlportmap``).  The kernel drops the lock when the holder dies
 itself is left in place on purpose (deleting it would race with waiters).
 The netns inode keys the lock so that plugins working in different network
 namespaces (tests, several pods' namespaces) do not serialise each other.
-Other nftables users are handled by the generation-id guard, not this lock.
+Other nftables users never touch our tables; if one does, our batch aborts on
+the stale key (ENOENT/EEXIST) and is retried (nlportmap.nft.backend).
 """
 from __future__ import annotations
 

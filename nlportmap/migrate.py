@@ -8,8 +8,8 @@ nlportmap), :func:`cleanup_upstream` removes its upstream state:
   tables ``ip cni_hostport`` and ``ip6 cni_hostport``, the rules of chains
   ``hostports``, ``hostip_hostports`` and ``masquerading`` whose comment equals
   the container ID (all networks: upstream's identity is the ID alone, §6 item
-  21).  Dumped over netlink and deleted by handle in one batch guarded by the
-  ruleset generation id.  Tables, chains and the shared jump rules stay (as
+  21).  Dumped over netlink and deleted by handle in one batch (a handle that
+  vanished aborts it with ENOENT and the dump is repeated).  Tables, chains and the shared jump rules stay (as
   upstream's own DEL leaves them).
 - iptables backend (§3.9): the chain ``CNI-DN-<sha512(name+id)>``, the legacy
   ``CNI-SN-<...>``, and every rule jumping to them, via
