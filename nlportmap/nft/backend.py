@@ -3,15 +3,16 @@
 Each of ADD (:meth:`NftBackend.forward`), DEL (:meth:`NftBackend.unforward`)
 and GC is *read the owner comments of the keys involved, then one atomic
 batch*, under the netns lock (:mod:`nlportmap.lock`), retried with jittered
-backoff when the batch no longer matches what was read (see :meth:`_transact`).  ADD and DEL read only their own keys (single-element
-gets), so their cost does not depend on how many mappings the node holds.
+backoff when the batch no longer matches what was read (see :meth:`_transact`).
+ADD and DEL read only their own keys (single-element gets), so their cost does
+not depend on how many mappings the node holds.
 
 Conflicts: a host port claimed by another owner is taken over by the newest
 ADD (``conflictPolicy: replace``, the default; the displaced claim is kept in
 the ``claims`` map) or refused naming the current owner (``reject``).  DEL
 deletes an element only if its comment names this owner, so deleting the
 displaced container leaves the new owner intact, and deleting the new owner
-gives the port back to the displaced one.
+gives the port back to the newest surviving displaced claim.
 """
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ class NftBackend:
 
     # ------------------------------------------------------------ machinery
     def _transact(self, build, what: str) -> int:
-        """Run ``build(None) -> ops`` (reads, then the batch) and commit, under the netns lock.
+        """Run ``build() -> ops`` (reads, then the batch) and commit, under the netns lock.
 
         No generation-id guard: the lock serialises every nlportmap writer of
         this netns, and other programs bump the netns-wide generation for
@@ -72,7 +73,7 @@ class NftBackend:
         """
         with netns_lock():
             for attempt in range(MAX_ATTEMPTS):
-                ops = build(None)
+                ops = build()
                 if not ops:
                     return 0
                 try:
@@ -139,7 +140,7 @@ class NftBackend:
         comment = plan.owner.stamped(int(time.time() * 1000))
         my_claims = [(f.family, L.claim_key(f.proto, f.host_ip, f.host_port, me)) for f in plan.forwards]
 
-        def build(gen):
+        def build():
             ok = self._skeleton_ok(fams, plan)
             ops = []
             for fam in fams:
@@ -225,7 +226,7 @@ class NftBackend:
         def mine(comment):
             return Owner.tag_of(comment) == me
 
-        def build(gen):
+        def build():
             q = []
             for fam, proto, hip, port in plan.host_keys:
                 s, k = L.forward_key(fam, proto, hip, port)
@@ -264,7 +265,7 @@ class NftBackend:
 
     def _remove_where(self, doomed, what: str) -> int:
         """Delete every element whose comment satisfies ``doomed``, promoting surviving claims."""
-        def build(gen):
+        def build():
             dels: dict = {}
             adds: dict = {}
             freed: dict[int, list] = {4: [], 6: []}
