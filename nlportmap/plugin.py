@@ -97,12 +97,17 @@ class Plugin:
             backend.forward(plan, req.conf.conflictPolicy or "replace")
             t = self._lap("transaction", t)
             if plan.conntrack_flush or plan.route_localnet_ip:
-                import anyio
                 from .sidefx import run_side_effects
-                anyio.run(run_side_effects, plan)
+                self.run_async(run_side_effects, plan)
                 t = self._lap("side_effects", t)
         self._report("ADD")
         return prev
+
+    def run_async(self, fn, *args):
+        """Run coroutine function ``fn`` to completion (a fresh anyio event loop; the
+        daemon overrides this with its long-lived loop)."""
+        import anyio
+        return anyio.run(fn, *args)
 
     @staticmethod
     def _check_listeners(conf, plan) -> None:
