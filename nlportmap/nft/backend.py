@@ -95,13 +95,27 @@ class NftBackend:
     _repair = False
 
     def _skeleton_ok(self, fams, plan: Plan) -> dict[int, bool]:
+        """Per family: are all sets there and every static rule present with the current
+        fingerprint (layout version + conditions)?  One dump of rules and sets per family
+        (never of elements), so a damaged or outdated skeleton is rewritten by the next ADD."""
         if self._repair:
             return {fam: False for fam in fams}
-        out = {}
-        for fam in fams:
-            rules = self.sock.dump_rules(N.FAMILY[fam], L.TABLE, "prerouting")
-            want = L.fingerprint(fam, plan.conditions.get(fam))
-            out[fam] = bool(rules) and all(r.comment == want for r in rules)
+        return {fam: not self._skeleton_problems(fam, plan) for fam in fams}
+
+    def _skeleton_problems(self, fam: int, plan: Plan) -> list[str]:
+        where = f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE}"
+        inv = self.sock.table_inventory(N.FAMILY[fam], L.TABLE)
+        if inv is None:
+            return [f"{where} missing"]
+        chains, sets = inv
+        conds = plan.conditions.get(fam)
+        fp = L.fingerprint(fam, conds)
+        out = [f"{where}: set {s} missing" for s in L.SETS if s not in sets]
+        for chain, n in L.expected_rules(fam, conds).items():
+            got = chains.get(chain, [])
+            if len(got) != n or any(c != fp for c in got):
+                out.append(f"{where}: chain {chain} has {len(got)} of {n} rules"
+                           + ("" if len(got) != n else " (stale)"))
         return out
 
     @staticmethod
@@ -116,6 +130,63 @@ class NftBackend:
             out.append((m.family, s, k, None, str(m)))
         return out
 
+    # ------------------------------------------------------------ manifest
+    MANIFEST_BATCH = 8
+
+    def _manifest(self, me: str) -> dict[int, list]:
+        """``{fam: [(slot, (proto, host_ip, port, pod_ip)), ...]}``: what ``me`` recorded in
+        ``owned`` (contiguous slots from 0, read in pipelined batches of single gets)."""
+        out: dict[int, list] = {4: [], 6: []}
+        for fam in (4, 6):
+            slot = 0
+            while True:
+                q = [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(me, slot + i))
+                     for i in range(self.MANIFEST_BATCH)]
+                got = self.sock.get_elems(q)
+                for i, e in enumerate(got):
+                    if e is None or not e.data:
+                        break
+                    out[fam].append((slot + i, L.parse_record(fam, e.data)))
+                else:
+                    slot += self.MANIFEST_BATCH
+                    continue
+                break
+        return out
+
+    def _release(self, me: str, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:
+        """Queue the removal of ``me``'s live forwards on ``keys`` ({fam: {(proto, host_ip, port)}}),
+        its shadowed claims on them, and its masquerade elements for ``pod_ips``; a freed port
+        goes to the newest surviving displaced claim.  Elements owned by others are kept."""
+        q = []
+        for fam, ks in keys.items():
+            for proto, hip, port in sorted(ks, key=str):
+                s, k = L.forward_key(fam, proto, hip, port)
+                q.append((fam, s, k))
+                q.append((fam, L.CLAIMS, L.claim_key(proto, hip, port, me)))
+        have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in q])
+        freed: dict[int, list] = {4: [], 6: []}
+        ips = {f: set(v) for f, v in pod_ips.items()}
+        for (fam, s, k), cur in zip(q, have):
+            if cur is None or Owner.tag_of(cur.comment) != me:
+                continue
+            dels.setdefault((fam, s), []).append((k, None, None))
+            if s != L.CLAIMS:
+                freed[fam].append((s, k))
+            if cur.data:  # the pod's IP, for its masquerade elements (no prevResult needed)
+                live = L.live_data_from_claim(fam, cur.data) if s == L.CLAIMS else cur.data
+                ips.setdefault(fam, set()).add(L.parse_forward_data(fam, live)[0])
+        mq = []
+        for fam, fips in ips.items():
+            for ip in sorted(fips):
+                cands = [L.masq_key(ip, ip), L.masq_key(None, ip)]
+                if fam == 4:
+                    cands.append(L.masq_key("127.0.0.1", ip))
+                mq += [(fam, s, k) for s, k in cands]
+        for (fam, s, k), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in mq])):
+            if cur is not None and Owner.tag_of(cur.comment) == me:
+                dels.setdefault((fam, s), []).append((k, None, None))
+        self._promotions(freed, lambda c: Owner.tag_of(c) == me, dels, adds)
+
     # ----------------------------------------------------------------- ADD
     def forward(self, plan: Plan, conflict_policy: str = "replace") -> int:
         """Install ``plan`` in one transaction; returns the number of ops committed.
@@ -123,8 +194,10 @@ class NftBackend:
         A host port owned by another attachment is taken over (``replace``: the
         displaced owner's element is kept as a shadowed claim in ``claims`` and
         restored when the new owner is deleted) or refused (``reject``).
+        Re-ADD of the same owner replaces its elements, and removes those of
+        its previous ADD that the new plan no longer has (from its manifest).
         Raises :class:`ConflictError` (policy ``reject``), :class:`TryAgainLater`,
-        :class:`KernelError`.  Re-ADD of the same owner replaces its elements.
+        :class:`KernelError`.
         """
         fams = plan.families()
         if not fams:
@@ -139,6 +212,8 @@ class NftBackend:
         base = plan.owner.comment
         comment = plan.owner.stamped(int(time.time() * 1000))
         my_claims = [(f.family, L.claim_key(f.proto, f.host_ip, f.host_port, me)) for f in plan.forwards]
+        records = {fam: [(f.proto, f.host_ip, f.host_port, f.container_ip) for f in plan.forwards if f.family == fam]
+                   for fam in (4, 6)}
 
         def build():
             ok = self._skeleton_ok(fams, plan)
@@ -172,9 +247,34 @@ class NftBackend:
             for (fam, k), cur in zip(my_claims, claims_have):
                 if cur is not None:  # we were shadowed before; now we own the port again
                     dels.setdefault((fam, L.CLAIMS), []).append((k, None, None))
+            # what a previous ADD of this owner installed and this plan no longer has
+            old = self._manifest(me)
+            stale_keys: dict[int, set] = {4: set(), 6: set()}
+            stale_ips: dict[int, set] = {4: set(), 6: set()}
+            for fam in (4, 6):
+                new_keys = {r[:3] for r in records[fam]}
+                new_ips = {r[3] for r in records[fam]}
+                for _, rec in old[fam]:
+                    if rec[:3] not in new_keys:
+                        stale_keys[fam].add(rec[:3])
+                    if rec[3] not in new_ips:
+                        stale_ips[fam].add(rec[3])
+            if any(stale_keys.values()) or any(stale_ips.values()):
+                self._release(me, stale_keys, stale_ips, dels, adds)
+            self._write_manifest(me, comment, old, records, dels, adds)
             return ops + self._elem_ops(dels, adds)
 
         return self._transact(build, "ADD")
+
+    @staticmethod
+    def _write_manifest(me, comment, old: dict, records: dict, dels: dict, adds: dict) -> None:
+        for fam in (4, 6):
+            if [r for _, r in old[fam]] == records[fam]:
+                continue
+            for slot, _ in old[fam]:
+                dels.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), None, None))
+            for slot, r in enumerate(records[fam]):
+                adds.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), L.record_data(*r), comment))
 
     @staticmethod
     def _elem_ops(dels: dict, adds: dict) -> list:
@@ -213,55 +313,40 @@ class NftBackend:
     def unforward(self, plan: Plan) -> int:
         """Remove what ``plan.owner`` owns; returns ops committed.  Never fails for missing state.
 
-        Keys come from the mappings (both families, no prevResult needed); the
-        masquerade keys from the container IPs (prevResult, or the data of our
-        own DNAT elements).  A port this owner had taken over goes back to the
-        shadowed claimant.  Without any mapping (the runtime sent none) it
-        falls back to scanning the sets for the owner's comment (O(n), rare).
+        What to remove comes from the owner's manifest (everything its ADDs
+        installed, whatever this DEL's config says) united with the keys of
+        this config's mappings (both families, no prevResult needed) and the
+        masquerade keys of its container IPs.  A port this owner had taken over
+        goes back to the newest surviving displaced claim.  Without any mapping
+        and without a manifest (state written by an older layout), it falls back
+        to scanning the sets for the owner's comment (O(n), rare).
         """
         me = plan.owner.tag
-        if not plan.host_keys:
-            return self._remove_where(lambda c: Owner.tag_of(c) == me, "DEL")
-
-        def mine(comment):
-            return Owner.tag_of(comment) == me
 
         def build():
-            q = []
+            old = self._manifest(me)
+            if not plan.host_keys and not any(old.values()):
+                return None  # nothing to go by: scan (below)
+            keys: dict[int, set] = {4: set(), 6: set()}
+            ips: dict[int, set] = {4: set(), 6: set()}
             for fam, proto, hip, port in plan.host_keys:
-                s, k = L.forward_key(fam, proto, hip, port)
-                q.append((fam, s, k))
-            q += [(fam, L.CLAIMS, L.claim_key(proto, hip, port, me)) for fam, proto, hip, port in plan.host_keys]
-            have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in q])
+                keys[fam].add((proto, hip, port))
+            for m in plan.masqs:
+                ips[m.family].add(m.daddr)
             dels: dict = {}
             adds: dict = {}
-            freed: dict[int, list] = {4: [], 6: []}
-            pod_ips: dict[int, set] = {4: set(), 6: set()}
-            for (fam, s, k), cur in zip(q, have):
-                if cur is None or Owner.tag_of(cur.comment) != me:
-                    continue
-                dels.setdefault((fam, s), []).append((k, None, None))
-                if s != L.CLAIMS:
-                    freed[fam].append((s, k))
-                if cur.data:  # the pod's IP, for its masquerade elements (no prevResult needed)
-                    live = L.live_data_from_claim(fam, cur.data) if s == L.CLAIMS else cur.data
-                    pod_ips[fam].add(L.parse_forward_data(fam, live)[0])
-            for m in plan.masqs:
-                pod_ips[m.family].add(m.daddr)
-            mq = []
-            for fam, ips in pod_ips.items():
-                for ip in sorted(ips):
-                    cands = [L.masq_key(ip, ip), L.masq_key(None, ip)]
-                    if fam == 4:
-                        cands.append(L.masq_key("127.0.0.1", ip))
-                    mq += [(fam, s, k) for s, k in cands]
-            for (fam, s, k), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in mq])):
-                if cur is not None and Owner.tag_of(cur.comment) == me:
-                    dels.setdefault((fam, s), []).append((k, None, None))
-            self._promotions(freed, mine, dels, adds)
+            for fam in (4, 6):
+                for slot, rec in old[fam]:
+                    keys[fam].add(rec[:3])
+                    ips[fam].add(rec[3])
+                    dels.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), None, None))
+            self._release(me, keys, ips, dels, adds)
             return self._elem_ops(dels, adds)
 
-        return self._transact(build, "DEL")
+        n = self._transact(lambda: build() or [], "DEL")
+        if n == 0 and not plan.host_keys:
+            return self._remove_where(lambda c: Owner.tag_of(c) == me, "DEL")
+        return n
 
     def _remove_where(self, doomed, what: str) -> int:
         """Delete every element whose comment satisfies ``doomed``, promoting surviving claims."""
@@ -288,9 +373,8 @@ class NftBackend:
         """
         fams = plan.families()
         problems = []
-        for fam, good in self._skeleton_ok(fams, plan).items():
-            if not good:
-                problems.append(f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE}: prerouting jump rule missing or stale")
+        for fam in fams:
+            problems += self._skeleton_problems(fam, plan)
         wanted = self._wanted(plan)
         have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted])
         me = plan.owner.tag

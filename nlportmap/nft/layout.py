@@ -10,6 +10,9 @@
       map claims           { type ipv6_addr . inet_proto . inet_service . ipv6_addr : ipv6_addr . inet_service }
                              # shadowed claims: hostIP (:: = any; IPv4 as ::ffff:a.b.c.d) . proto . port
                              # . owner hash -> pod . port; promoted when the current owner is deleted
+      map owned            { type ipv6_addr . inet_service : ipv6_addr . inet_proto . inet_service . ipv6_addr }
+                             # per-owner manifest: owner hash . slot -> hostIP . proto . port . pod IP;
+                             # lets DEL and re-ADD find everything an owner holds without a dump
       chain prerouting  { type nat hook prerouting priority -100; [conditions] fib daddr type local jump hostports }
       chain output      { type nat hook output priority -100;     [conditions] fib daddr type local jump hostports }
       chain hostports   { dnat ip to ip daddr . meta l4proto . th dport map @hostip_hostports
@@ -43,7 +46,8 @@ HOSTIP_HOSTPORTS = "hostip_hostports"
 MASQ_PAIRS = "masq_pairs"
 MASQ_ALL = "masq_all"
 CLAIMS = "claims"
-SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS)
+OWNED = "owned"
+SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS, OWNED)
 
 
 def alen(fam: int) -> int:
@@ -156,6 +160,25 @@ def parse_claim_key(fam: int, key: bytes) -> tuple[str, str | None, int]:
     return protos.get(key[16], str(key[16])), hip, int.from_bytes(key[20:22], "big")
 
 
+# ------------------------------------------------------------------ manifest
+def record_key(tag: str, slot: int) -> bytes:
+    """Key of slot ``slot`` (0..65535) of ``tag``'s manifest in ``owned``."""
+    return owner_hash(tag) + N.pad4(slot.to_bytes(2, "big"))
+
+
+def record_data(proto: str, host_ip: str | None, port: int, pod_ip: str) -> bytes:
+    return claim_prefix(proto, host_ip, port) + _v6(pod_ip)
+
+
+def parse_record(fam: int, data: bytes) -> tuple[str, str | None, int, str]:
+    """-> (proto, host_ip or None, host_port, pod_ip) of a manifest record."""
+    import socket
+    proto, hip, port = parse_claim_key(fam, data[:24])
+    raw = data[24:40]
+    pod = socket.inet_ntop(socket.AF_INET, raw[12:]) if fam == 4 else socket.inet_ntop(socket.AF_INET6, raw)
+    return proto, hip, port, pod
+
+
 # --------------------------------------------------------------- conditions
 MAX_CONDITION_RULES = 64
 
@@ -220,6 +243,10 @@ def skeleton(fam: int, conds) -> list:
                          N.concat_type(N.T_IPV6, N.T_SERVICE), 20,
                          comment="shadowed hostPort claims (hostIP . proto . port . owner hash); "
                                  "restored when the current owner is deleted", set_id=5))
+    ops.append(N.new_set(F, T, OWNED, N.concat_type(N.T_IPV6, N.T_SERVICE), 20,
+                         N.concat_type(N.T_IPV6, N.T_PROTO, N.T_SERVICE, N.T_IPV6), 40,
+                         comment="per-owner manifest (owner hash . slot -> hostIP . proto . port . pod)",
+                         set_id=6))
     ops += [
         N.chain(F, T, "hostports", comment="DNAT by map lookup"),
         N.chain(F, T, "prerouting", "prerouting", -100, comment="traffic to local addresses -> hostports"),
@@ -232,23 +259,32 @@ def skeleton(fam: int, conds) -> list:
     r = N.reg32(a // 4)
     ops.append(N.rule(F, T, "hostports", [
         N.payload(1, _off(fam, "daddr"), a), N.meta(N.META_L4PROTO, r), N.payload(2, 2, 2, N.reg32(a // 4 + 1)),
-        N.lookup(HOSTIP_HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)]))
+        N.lookup(HOSTIP_HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)], comment=fp))
     ops.append(N.rule(F, T, "hostports", [
         N.meta(N.META_L4PROTO), N.payload(2, 2, 2, N.reg32(1)),
-        N.lookup(HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)]))
+        N.lookup(HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)], comment=fp))
     for alt in compile_conditions(fam, conds):
         for c in ("prerouting", "output"):
             ops.append(N.rule(F, T, c, alt + N.fib_daddr_local() + [N.verdict(N.NFT_JUMP, "hostports")], comment=fp))
     ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
         N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
-        N.lookup(MASQ_PAIRS, N.REG_1), N.masq()]))
+        N.lookup(MASQ_PAIRS, N.REG_1), N.masq()], comment=fp))
     ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
-        N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()]))
+        N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()], comment=fp))
     if fam == 4:
         ops.append(N.chain(F, T, "localnet_guard", "prerouting", -300, ctype="filter",
                            comment="drop packets to 127.0.0.0/8 from non-loopback interfaces (CVE-2020-8558)"))
         ops.append(N.flush_chain(F, T, "localnet_guard"))
         ops.append(N.rule(F, T, "localnet_guard", N.ifname_match("iifname", "lo", True)
                           + [N.payload(1, 16, 1), N.cmp(b"\x7f"), N.counter(), N.verdict(N.NF_DROP)],
-                          comment="route_localnet guard"))
+                          comment=fp))
     return ops
+
+
+def expected_rules(fam: int, conds) -> dict[str, int]:
+    """Static rules per chain the skeleton installs (all carry the fingerprint comment)."""
+    n = len(compile_conditions(fam, conds))
+    out = {"prerouting": n, "output": n, "hostports": 2, "postrouting": 2}
+    if fam == 4:
+        out["localnet_guard"] = 1
+    return out

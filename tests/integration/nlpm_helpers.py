@@ -100,7 +100,16 @@ class Node:
             s.close()
 
     def owned_by(self, cid: str) -> list:
-        return [(k, e) for k, els in self.elements().items() for e in els if e[2] and e[2].startswith(cid + "/")]
+        """The container's forwarding, masquerade and claim elements (not its manifest)."""
+        return [(k, e) for k, els in self.elements().items() for e in els
+                if e[2] and e[2].startswith(cid + "/") and k[1] != "owned"]
+
+    def manifest_of(self, cid: str) -> list:
+        """The container's manifest records in ``owned``: [(family, proto, hostIP, port, podIP)]."""
+        from nlportmap.nft import layout as L
+        return sorted((k[0], *L.parse_record(k[0], bytes.fromhex(e[1])))
+                      for k, els in self.elements().items() if k[1] == "owned"
+                      for e in els if e[2] and e[2].startswith(cid + "/"))
 
     def forwards_of(self, cid: str) -> list[dict]:
         """``nlportmap list --json`` rows of one container (any backend)."""

@@ -219,3 +219,40 @@ def test_saved_ruleset_loads_back(node):
     assert "iifname" in saved
     cp = node.host.run("nft", "-c", "-f", "-", input=saved, check=False, text=True)
     assert cp.returncode == 0, cp.stderr
+
+
+def test_re_add_with_changed_mappings_then_partial_del_leaves_nothing(node):
+    """Found by an adversarial review: DEL used to remove only the keys of the mappings it
+    was given, so a port dropped by a re-ADD (or omitted by the runtime on DEL) stayed
+    forwarded to a deleted pod.  The owner's manifest now lists what each ADD installed."""
+    add(node, cid="c1", mappings=[port_mapping(8080, 80)], prev=prev_result("10.244.0.5/24"))
+    add(node, cid="c1", mappings=[port_mapping(8081, 80)], prev=prev_result("10.244.0.5/24"))
+    # the re-ADD already dropped 8080
+    assert {(r["hostPort"], r["containerIP"]) for r in node.forwards_of("c1")} == {(8081, "10.244.0.5")}
+    assert node.manifest_of("c1") == [(4, "tcp", None, 8081, "10.244.0.5")]
+    # restart with a new IP: the old pod IP's masquerade elements go too
+    add(node, cid="c1", mappings=[port_mapping(8081, 80), port_mapping(8082, 80)], prev=prev_result("10.244.0.6/24"))
+    masq = {e[0] for k, e in node.owned_by("c1") if k[1] == "masq_pairs"}
+    assert len(masq) == 2 and all(key.endswith("0af40006") for key in masq)  # 10.244.0.6 only
+    # a DEL that names only one of the mappings still removes everything of c1
+    rc, _, err = node.exec("DEL", netconf([port_mapping(8081, 80)], prev_result("10.244.0.6/24")), cid="c1")
+    assert rc == 0, err
+    assert node.owned_by("c1") == [] and node.manifest_of("c1") == []
+
+
+@pytest.mark.parametrize("damage", [
+    ["flush", "chain", "ip", "nlportmap", "hostports"],
+    ["delete", "chain", "ip", "nlportmap", "localnet_guard"],
+    ["flush", "chain", "ip", "nlportmap", "postrouting"],
+    ["delete", "map", "ip", "nlportmap", "owned"],
+], ids=["hostports-flushed", "guard-deleted", "postrouting-flushed", "manifest-deleted"])
+def test_check_names_skeleton_damage_and_next_add_repairs_it(node, damage):
+    add(node)
+    conf = netconf(M, prev_result("10.244.0.5/24", "fd00:244::5/64"))
+    node.host.run("nft", *damage)
+    rc, out, _ = node.exec("CHECK", conf, cid="c1")
+    assert rc == 1, out
+    what = damage[-1]
+    assert f"table ip nlportmap: {'set' if damage[1] == 'map' else 'chain'} {what}" in json.loads(out)["msg"]
+    add(node, cid="c2", mappings=[port_mapping(7070, 70)], prev=prev_result("10.244.0.7/24"))
+    assert node.exec("CHECK", conf, cid="c1")[0] == 0

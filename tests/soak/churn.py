@@ -347,6 +347,15 @@ class Model:
                     cip, cport = a.forwards()[(fam, proto, hip, port)]
                     out[(fam, L.CLAIMS)].add((L.claim_key(proto, hip, port, tag).hex(),
                                               L.claim_data(cip, cport).hex(), a.comment))
+        if hasattr(L, "OWNED"):  # each attachment's manifest: its forwards per family, in plan order
+            for tag in self.added:
+                a = self.atts[tag]
+                fw = a.forwards()
+                for fam in (4, 6):
+                    recs = [(k, v) for k, v in fw.items() if k[0] == fam]
+                    for slot, ((_, proto, hip, port), (cip, _cport)) in enumerate(recs):
+                        out[(fam, L.OWNED)].add((L.record_key(tag, slot).hex(),
+                                                 L.record_data(proto, hip, port, cip).hex(), a.comment))
         return out
 
     def adopt_owners(self, kernel: dict) -> int:
