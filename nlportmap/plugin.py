@@ -132,9 +132,29 @@ class Plugin:
         backend = self.backend_for(req.conf)
         backend.unforward(plan)
         t = self._lap("transaction", t)
+        if getattr(backend, "name", "") != "nftables":
+            self._cleanup_nftables(plan)
         self._cleanup_upstream(plan, backend)
         self._lap("upstream_cleanup", t)
         self._report("DEL")
+
+    @staticmethod
+    def _cleanup_nftables(plan) -> None:
+        """DEL through iptables also removes this attachment's nftables state: the
+        network's backend may have changed since its ADD (an operator added
+        ``backend`` or ``externalSetMarkChain`` to a live conflist).  The other
+        direction is covered by the upstream clean-up (same ``CNI-DN-`` chains).
+        Guarded like the upstream clean-up: never fails DEL."""
+        try:
+            from .nft.backend import NftBackend
+            b = NftBackend()
+            try:
+                if b.usable() is None:
+                    b.unforward(plan)
+            finally:
+                b.close()
+        except Exception as e:  # noqa: BLE001
+            sys.stderr.write(f"nlportmap: warning: could not remove nftables state: {e}\n")
 
     @staticmethod
     def _cleanup_upstream(plan, backend) -> None:

@@ -527,3 +527,22 @@ def test_concurrent_adds_with_upstream_plugin(ns):
     for shared in ("-A PREROUTING ", "-A OUTPUT ", "-A POSTROUTING ", "-A CNI-HOSTPORT-MASQ ",
                    "-A CNI-HOSTPORT-SETMARK "):
         assert sum(ln.startswith(shared) for ln in s) == 1, shared
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("add_backend,del_backend", [("nftables", "iptables"), ("iptables", "nftables")])
+def test_backend_changed_between_add_and_del_leaves_nothing(add_backend, del_backend, topology_factory):
+    """An operator switches a live network's backend (e.g. adds externalSetMarkChain):
+    DEL through the new backend must still remove what the old one installed."""
+    from nlpm_helpers import EXE, Node, netconf, port_mapping, prev_result
+    node = Node(topology_factory(plugin_paths={"portmap": EXE}))
+    prev = prev_result("10.244.0.30/24")
+    maps = [port_mapping(6000, 80)]
+    rc, out, err = node.exec("ADD", netconf(maps, prev, backend=add_backend), cid="sw")
+    assert rc == 0, (out, err)
+    assert [r["backend"] for r in node.forwards_of("sw")] == [add_backend]
+    rc, out, err = node.exec("DEL", netconf(maps, prev, backend=del_backend), cid="sw")
+    assert (rc, out) == (0, ""), err
+    assert node.forwards_of("sw") == []
+    assert '"sw/' not in node.ruleset()
+    assert "CNI-DN-" not in node.host.run("iptables-save", "-t", "nat", text=True).stdout
