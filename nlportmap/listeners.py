@@ -32,13 +32,18 @@ RUNTIME_PLACEHOLDERS = ("conmon", "conmonrs", "podman", "rootlessport", "rootles
                         "slirp4netns", "pasta", "containerd", "crio", "dockerd", "docker-proxy")
 
 
+INET_DIAG_SKV6ONLY = 11  # u8 attribute of AF_INET6 sockets (linux/inet_diag.h)
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """A socket bound to a host port: address (str), port, protocol, inode, owners [(pid, comm)]."""
+    """A socket bound to a host port: protocol, address (str), port, inode, and for IPv6
+    sockets whether they also take IPv4 (``dual``: IPV6_V6ONLY off)."""
     proto: str
     address: str
     port: int
     inode: int
+    dual: bool = False
 
 
 def _dump(family: int, proto: str) -> list[Listener]:
@@ -65,7 +70,17 @@ def _dump(family: int, proto: str) -> list[Listener]:
         inode = struct.unpack_from("=I", m, p + 68)[0]
         if proto == "udp" and dport != 0:
             continue  # connected UDP socket: a client, not a listener
-        out.append(Listener(proto, socket.inet_ntop(fam, src), sport, inode))
+        dual = False
+        if fam == socket.AF_INET6:
+            off = 16 + 72  # attributes follow struct inet_diag_msg
+            while off + 4 <= len(m):
+                ln, ty = struct.unpack_from("=HH", m, off)
+                if ln < 4:
+                    break
+                if ty == INET_DIAG_SKV6ONLY:
+                    dual = m[off + 4] == 0
+                off += (ln + 3) & ~3
+        out.append(Listener(proto, socket.inet_ntop(fam, src), sport, inode, dual))
     return out
 
 
@@ -102,13 +117,20 @@ def conflicts(forwards, allowed: tuple[str, ...] | list[str] = RUNTIME_PLACEHOLD
     for f in forwards:
         if f.proto not in PROTO:
             continue
-        key = (f.family, f.proto)
-        if key not in cache:
-            cache[key] = _dump(f.family, f.proto)
-        for ls in cache[key]:
+        # IPv4 traffic also reaches IPv6 sockets without IPV6_V6ONLY (the default for
+        # Go, Java, nginx listening on [::]): check those too for IPv4 forwards
+        for dfam in ((4, 6) if f.family == 4 else (6,)):
+            key = (dfam, f.proto)
+            if key not in cache:
+                cache[key] = _dump(dfam, f.proto)
+        candidates = [ls for dfam in ((4, 6) if f.family == 4 else (6,)) for ls in cache[(dfam, f.proto)]
+                      if dfam == f.family or ls.dual]
+        for ls in candidates:
             if ls.port != f.host_port:
                 continue
             addr = ipaddress.ip_address(ls.address)
+            if addr.version == 6 and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
             if not (addr.is_unspecified or f.host_ip is None or str(addr) == f.host_ip):
                 continue
             who = owners(ls.inode)

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -229,3 +230,22 @@ def test_host_listener_check_is_opt_in_and_spares_runtime_placeholders(node):
         assert node.exec("ADD", conf, cid="l1")[0] == 0
         # default (no opt-in): DNAT simply takes the port, like upstream
         assert node.exec("ADD", netconf([port_mapping(8080, 80)], prev), cid="l3")[0] == 0
+
+
+def test_host_listener_check_sees_dual_stack_sockets(node):
+    """A process listening on [::]:port without IPV6_V6ONLY also takes IPv4 connections
+    (Go, Java and nginx listen like that): it conflicts with an IPv4 mapping."""
+    code = ("import socket,time\n"
+            "s=socket.socket(socket.AF_INET6); s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n"
+            "s.bind(('::', 9300)); s.listen(); print('ready', flush=True); time.sleep(60)\n")
+    proc = node.host.popen(sys.executable, "-I", "-c", code, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        conf = netconf([port_mapping(9300, 80)], prev_result("10.244.0.50/24"), hostPortListeners="reject")
+        rc, out, _ = node.exec("ADD", conf, cid="d1")
+        assert rc == 1
+        err = json.loads(out)
+        assert err["code"] == 7 and ":::9300" in err["msg"] and f"pid {proc.pid}" in err["msg"], err
+    finally:
+        proc.kill()
+        proc.wait()
