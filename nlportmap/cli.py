@@ -21,6 +21,26 @@ ABOUT = ("CNI portmap plugin nlportmap " + __version__ + "\n"
          "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0\n")
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"file mode out of range: {text!r}")
+    return mode
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nlportmap",
@@ -43,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("daemon", help="serve plugin requests from a resident process (root; see docs/performance.md)")
     dm.add_argument("--socket", default=None,
                     help="Unix socket path (default: $NLPORTMAP_SOCKET or /run/nlportmap/daemon.sock)")
-    dm.add_argument("--mode", default="0600", help="socket file permissions, octal (default 0600)")
-    dm.add_argument("--max-clients", type=int, default=128, help="concurrent requests before refusing")
+    dm.add_argument("--mode", default="0600", type=_octal_mode, help="socket file permissions, octal (default 0600)")
+    dm.add_argument("--max-clients", type=_positive, default=128, help="concurrent requests before refusing")
     dm.add_argument("--verbose", action="store_true", help="log every request on stderr")
     sub.add_parser("version", help="print the version")
     return p
@@ -95,6 +115,9 @@ def cmd_plan(args) -> int:
     from .plan import Owner, make_plan
     from .result import container_ips, decode_prev_result
     try:
+        from .skel import validate_container_id, validate_ifname
+        validate_container_id(args.container_id)
+        validate_ifname(args.ifname)
         raw = sys.stdin.buffer.read()
         try:
             if isinstance(json.loads(raw or b"null"), dict) and "plugins" in json.loads(raw):
@@ -163,7 +186,7 @@ def _main(argv: list[str]) -> int:
         return cmd_plan(args)
     if args.cmd == "daemon":
         from .daemon import main as daemon_main
-        return daemon_main(args.socket, int(args.mode, 8), args.max_clients, args.verbose)
+        return daemon_main(args.socket, args.mode, args.max_clients, args.verbose)
     if args.cmd == "demo":
         if os.geteuid() != 0:
             print("nlportmap demo: needs root (it creates network namespaces)", file=sys.stderr)

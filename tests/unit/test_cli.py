@@ -53,3 +53,14 @@ def test_no_arguments_prints_about_text_like_upstream():
     cp = run()
     assert cp.returncode == 0 and cp.stdout == b""
     assert b"CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" in cp.stderr
+
+
+def test_daemon_and_plan_options_are_validated():
+    cp = run("daemon", "--mode", "999")
+    assert cp.returncode == 2 and b"not an octal file mode" in cp.stderr and b"Traceback" not in cp.stderr
+    cp = run("daemon", "--max-clients", "0")
+    assert cp.returncode == 2 and b"must be at least 1" in cp.stderr
+    cp = run("plan", "--container-id", "a b", stdin=json.dumps(conf()).encode())
+    assert cp.returncode == 1 and json.loads(cp.stdout)["code"] == 4
+    cp = run("plan", "--ifname", "../x", stdin=json.dumps(conf()).encode())
+    assert cp.returncode == 1 and json.loads(cp.stdout)["code"] == 4
