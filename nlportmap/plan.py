@@ -37,7 +37,10 @@ class Owner:
 
     @property
     def tag(self) -> str:
-        return f"{self.container_id}/{self.ifname}"
+        # container IDs and network names are regex-validated; an interface name may hold
+        # '"' or '\\', which would make `nft list ruleset` output unloadable: mapped to '_'
+        ifname = self.ifname.replace('"', "_").replace("\\", "_")
+        return f"{self.container_id}/{ifname}"
 
     @property
     def comment(self) -> str:

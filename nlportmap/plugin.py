@@ -181,7 +181,8 @@ class Plugin:
 
     def gc(self, req) -> None:
         """GC (CNI 1.1): remove everything not owned by a listed attachment."""
-        valid = {f"{a.containerID}/{a.ifname}" for a in (req.conf.valid_attachments or ())}
+        from .plan import Owner
+        valid = {Owner(a.containerID, a.ifname).tag for a in (req.conf.valid_attachments or ())}
         from .backends import all_backends
         started_ms = int(self._wall0 * 1000)
         for b in all_backends(req.conf):

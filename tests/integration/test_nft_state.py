@@ -215,10 +215,15 @@ def test_saved_ruleset_loads_back(node):
     """`nft list ruleset` output (an operator's backup) must be valid input for `nft -f`,
     also with conditions whose text holds quotes and wildcards."""
     add(node, conditionsV4=["iifname", '"eth*"', "ip", "saddr", "!=", "{ 192.0.2.0/24, 198.51.100.7 }"])
+    prev = prev_result("10.244.0.8/24", ifname='e"t\\h')
+    rc, out, err = node.exec("ADD", netconf([port_mapping(7000, 70)], prev), cid="q1", ifname='e"t\\h')
+    assert rc == 0, (out, err)
     saved = node.ruleset()
     assert "iifname" in saved
     cp = node.host.run("nft", "-c", "-f", "-", input=saved, check=False, text=True)
     assert cp.returncode == 0, cp.stderr
+    rc, _, err = node.exec("DEL", netconf([port_mapping(7000, 70)], prev), cid="q1", ifname='e"t\\h')
+    assert rc == 0 and node.owned_by("q1") == [], err
 
 
 def test_re_add_with_changed_mappings_then_partial_del_leaves_nothing(node):
