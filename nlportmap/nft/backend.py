@@ -95,22 +95,23 @@ class NftBackend:
     _repair = False
 
     def _skeleton_ok(self, fams, plan: Plan) -> dict[int, bool]:
-        """Per family: are all sets there and every static rule present with the current
-        fingerprint (layout version + conditions)?  One dump of rules and sets per family
-        (never of elements), so a damaged or outdated skeleton is rewritten by the next ADD."""
+        """Per family: is every static rule present with the current fingerprint (layout
+        version + conditions)?  One rule dump per family (never of elements), so a damaged
+        or outdated skeleton is rewritten by the next ADD.  A missing set is found by the
+        batch itself (ENOENT) and repaired on the retry; CHECK also dumps the sets."""
         if self._repair:
             return {fam: False for fam in fams}
-        return {fam: not self._skeleton_problems(fam, plan) for fam in fams}
+        return {fam: not self._skeleton_problems(fam, plan, sets=False) for fam in fams}
 
-    def _skeleton_problems(self, fam: int, plan: Plan) -> list[str]:
+    def _skeleton_problems(self, fam: int, plan: Plan, sets: bool = True) -> list[str]:
         where = f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE}"
-        inv = self.sock.table_inventory(N.FAMILY[fam], L.TABLE)
+        inv = self.sock.table_inventory(N.FAMILY[fam], L.TABLE, sets=sets)
         if inv is None:
             return [f"{where} missing"]
         chains, sets = inv
         conds = plan.conditions.get(fam)
         fp = L.fingerprint(fam, conds)
-        out = [f"{where}: set {s} missing" for s in L.SETS if s not in sets]
+        out = [f"{where}: set {s} missing" for s in L.SETS if sets is not None and s not in sets]
         for chain, n in L.expected_rules(fam, conds).items():
             got = chains.get(chain, [])
             if len(got) != n or any(c != fp for c in got):
@@ -131,26 +132,32 @@ class NftBackend:
         return out
 
     # ------------------------------------------------------------ manifest
-    MANIFEST_BATCH = 8
+    MANIFEST_BATCH = 4
 
-    def _manifest(self, me: str) -> dict[int, list]:
+    def _manifest_queries(self, me: str, first: int = 0) -> list:
+        return [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(me, first + i))
+                for fam in (4, 6) for i in range(self.MANIFEST_BATCH)]
+
+    def _manifest(self, me: str, got: list | None = None) -> dict[int, list]:
         """``{fam: [(slot, (proto, host_ip, port, pod_ip)), ...]}``: what ``me`` recorded in
-        ``owned`` (contiguous slots from 0, read in pipelined batches of single gets)."""
+        ``owned`` (contiguous slots from 0, read in batches of single gets).  ``got``: the
+        answers to :meth:`_manifest_queries` when the caller sent them with its own gets."""
         out: dict[int, list] = {4: [], 6: []}
-        for fam in (4, 6):
-            slot = 0
-            while True:
-                q = [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(me, slot + i))
-                     for i in range(self.MANIFEST_BATCH)]
-                got = self.sock.get_elems(q)
-                for i, e in enumerate(got):
-                    if e is None or not e.data:
-                        break
-                    out[fam].append((slot + i, L.parse_record(fam, e.data)))
-                else:
-                    slot += self.MANIFEST_BATCH
+        first, more = 0, {4: True, 6: True}
+        while any(more.values()):
+            if got is None:
+                got = self.sock.get_elems(self._manifest_queries(me, first))
+            for j, fam in enumerate((4, 6)):
+                if not more[fam]:
                     continue
-                break
+                batch = got[j * self.MANIFEST_BATCH:(j + 1) * self.MANIFEST_BATCH]
+                for i, e in enumerate(batch):
+                    if e is None or not e.data:
+                        more[fam] = False
+                        break
+                    out[fam].append((first + i, L.parse_record(fam, e.data)))
+            first += self.MANIFEST_BATCH
+            got = None
         return out
 
     def _release(self, me: str, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:
@@ -223,8 +230,10 @@ class NftBackend:
                     ops += L.skeleton(fam, plan.conditions.get(fam))
             q = [(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted]
             q += [(N.FAMILY[f], L.TABLE, L.CLAIMS, k) for f, k in my_claims]
+            q += self._manifest_queries(me)  # one round trip for all of ADD's reads
             got = self.sock.get_elems(q)
-            have, claims_have = got[:len(wanted)], got[len(wanted):]
+            n1, n2 = len(wanted), len(wanted) + len(my_claims)
+            have, claims_have, manifest_got = got[:n1], got[n1:n2], got[n2:]
             dels: dict = {}
             adds: dict = {}
             for (fam, s, k, d, label), cur in zip(wanted, have):
@@ -248,7 +257,7 @@ class NftBackend:
                 if cur is not None:  # we were shadowed before; now we own the port again
                     dels.setdefault((fam, L.CLAIMS), []).append((k, None, None))
             # what a previous ADD of this owner installed and this plan no longer has
-            old = self._manifest(me)
+            old = self._manifest(me, manifest_got)
             stale_keys: dict[int, set] = {4: set(), 6: set()}
             stale_ips: dict[int, set] = {4: set(), 6: set()}
             for fam in (4, 6):

@@ -661,12 +661,13 @@ class NetfilterSocket:
             out.append(RuleInfo(struct.unpack("!Q", a[3])[0] if 3 in a else 0, udata_comment(a.get(7))))
         return out
 
-    def table_inventory(self, family: int, tbl: str):
-        """(``{chain: [rule comments]}``, ``{set names}``) of a table, or None if the
-        table is missing.  Two dumps of rules and sets (a netlink socket runs one dump at
-        a time), never of elements: O(1) in the number of mappings."""
+    def table_inventory(self, family: int, tbl: str, sets: bool = True):
+        """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``) of a
+        table, or None if the table is missing.  A dump of its rules (and one of its sets:
+        a netlink socket runs one dump at a time), never of elements: O(1) in the number
+        of mappings."""
         out = []
-        for mtype in (GETRULE, GETSET):
+        for mtype in ((GETRULE, GETSET) if sets else (GETRULE,)):
             seq = self.next_seq()
             body = struct.pack("!BBH", family, 0, 0) + _nlstr(1, tbl)  # NFTA_RULE_TABLE / NFTA_SET_TABLE
             r = self.request([_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body], [seq])[seq]
@@ -679,8 +680,8 @@ class NetfilterSocket:
         for m in out[0]:
             a = attrs(m, 20)
             chains.setdefault(a.get(2, b"").rstrip(b"\0").decode(), []).append(udata_comment(a.get(7)))
-        sets = {attrs(m, 20).get(2, b"").rstrip(b"\0").decode() for m in out[1]}
-        return chains, sets
+        names = {attrs(m, 20).get(2, b"").rstrip(b"\0").decode() for m in out[1]} if sets else None
+        return chains, names
 
     def dump_chains(self, family: int, tbl: str) -> list[str] | None:
         """Names of the chains of one table (None if the table is missing)."""
