@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
@@ -107,29 +108,8 @@ MYNET_IPS = {4: "10.22.0.5/16"}
 DN = "CNI-DN-f0bca4ac77cde1bf2f3da"
 
 # §3.8 worked example, normalised the way iptables-save 1.8.9 prints it
-EXPECTED_38 = r"""*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:CNI-DN-f0bca4ac77cde1bf2f3da - [0:0]
-:CNI-HOSTPORT-DNAT - [0:0]
-:CNI-HOSTPORT-MASQ - [0:0]
-:CNI-HOSTPORT-SETMARK - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
--A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
--A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ
--A CNI-DN-f0bca4ac77cde1bf2f3da -s 10.22.0.0/16 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
--A CNI-DN-f0bca4ac77cde1bf2f3da -s 127.0.0.1/32 -p tcp -m tcp --dport 8080 -j CNI-HOSTPORT-SETMARK
--A CNI-DN-f0bca4ac77cde1bf2f3da -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.22.0.5:80
--A CNI-DN-f0bca4ac77cde1bf2f3da -s 10.22.0.0/16 -d 192.168.1.10/32 -p udp -m udp --dport 5353 -j CNI-HOSTPORT-SETMARK
--A CNI-DN-f0bca4ac77cde1bf2f3da -s 127.0.0.1/32 -d 192.168.1.10/32 -p udp -m udp --dport 5353 -j CNI-HOSTPORT-SETMARK
--A CNI-DN-f0bca4ac77cde1bf2f3da -d 192.168.1.10/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 10.22.0.5:53
--A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \"mynet\" id: \"c1\"" -m multiport --dports 8080 -j CNI-DN-f0bca4ac77cde1bf2f3da
--A CNI-HOSTPORT-DNAT -p udp -m comment --comment "dnat name: \"mynet\" id: \"c1\"" -m multiport --dports 5353 -j CNI-DN-f0bca4ac77cde1bf2f3da
--A CNI-HOSTPORT-MASQ -m mark --mark 0x2000/0x2000 -j MASQUERADE
--A CNI-HOSTPORT-SETMARK -m comment --comment "CNI portfwd masquerade mark" -j MARK --set-xmark 0x2000/0x2000
-COMMIT""".splitlines()
+EXPECTED_38 = [ln for ln in (Path(__file__).resolve().parents[1] / "data" / "upstream-3.8-iptables-save.txt")
+               .read_text().splitlines() if ln and not ln.startswith("#")]
 
 EMPTY_NAT = ["*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]",
              ":POSTROUTING ACCEPT [0:0]", "COMMIT"]
