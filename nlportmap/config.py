@@ -515,21 +515,16 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
             warnings.append(f"{err.msg}; ignored for DEL")
     conf.__dict__["_conditions"] = cache
 
-    if conf.conflictPolicy is not None and conf.conflictPolicy not in CONFLICT_POLICIES:
-        problem = (f'conflictPolicy: unrecognized value "{conf.conflictPolicy}" '
-                   f'(must be "replace" or "reject")')
-        if not lenient:
-            raise InvalidConfig(prefix + problem)
-        warnings.append(f"{problem}; using \"replace\" for DEL")
-        conf.conflictPolicy = None
-
-    if conf.hostPortListeners not in (None, "ignore", "reject"):
-        problem = (f'hostPortListeners: unrecognized value "{conf.hostPortListeners}" '
-                   f'(must be "ignore" or "reject")')
-        if not lenient:
-            raise InvalidConfig(prefix + problem)
-        warnings.append(f"{problem}; ignored for DEL")
-        conf.hostPortListeners = None
+    for field, allowed, fallback in (("conflictPolicy", CONFLICT_POLICIES, 'using "replace" for DEL'),
+                                     ("hostPortListeners", ("ignore", "reject"), "ignored for DEL")):
+        value = getattr(conf, field)
+        if value is not None and value not in allowed:
+            problem = (f'{field}: unrecognized value "{value}" (must be '
+                       + " or ".join(f'"{a}"' for a in allowed) + ")")
+            if not lenient:
+                raise InvalidConfig(prefix + problem)
+            warnings.append(f"{problem}; {fallback}")
+            setattr(conf, field, None)
 
     conf.__dict__["_warnings"] = tuple(warnings)
     return conf

@@ -190,6 +190,20 @@ def _install_handlers() -> None:
 
 
 # --------------------------------------------------------------------------- Netns
+def enter_netns(path: str) -> None:
+    """setns() the *calling thread* into the namespace at ``path`` and verify it moved.
+    Only for threads of our own that are thrown away afterwards (never a pool thread)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns({path}): {os.strerror(e)}")
+    finally:
+        os.close(fd)
+    if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(path).st_ino:
+        raise RuntimeError(f"setns({path}) did not move this thread")
+
+
 class Netns:
     """One named network namespace (``/run/netns/<name>``) created by this library.
 
@@ -317,13 +331,7 @@ class Netns:
 
         def target() -> None:
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    if _libc.setns(fd, CLONE_NEWNET) != 0:
-                        e = ctypes.get_errno()
-                        raise OSError(e, f"setns({self.path}): {os.strerror(e)}")
-                finally:
-                    os.close(fd)
+                enter_netns(self.path)
                 out["value"] = fn()
             except BaseException as e:  # re-raised in the caller
                 out["error"] = e

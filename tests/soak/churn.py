@@ -54,7 +54,6 @@ millisecond in practice).
 """
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import io
 import json
@@ -80,6 +79,7 @@ for _p in (_INTEGRATION, os.path.join(_ROOT, "netns-fixtures")):
 
 from nlportmap.nft import layout as L  # noqa: E402
 from nlportmap.nft import netlink as N  # noqa: E402
+from netns_fixtures.netns import enter_netns  # noqa: E402
 
 NODE_IP4, NODE_IP6 = "10.99.0.1", "fd00:99::1"
 NETWORKS = ("churn-a", "churn-b")
@@ -482,23 +482,6 @@ class GenMonitor:
         self._stop.set()
         self._t.join(5)
         self.sock.close()
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def enter_netns(path: str) -> None:
-    """setns() the *calling thread* into ``path`` and verify it (never run ops in the wrong netns)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"setns({path}): {os.strerror(e)}")
-    finally:
-        os.close(fd)
-    if os.stat("/proc/thread-self/ns/net").st_ino != os.stat(path).st_ino:
-        raise RuntimeError(f"setns({path}) did not move this thread")
 
 
 def foreign_committer(ns_path: str, interval: float, stop: threading.Event, report=None) -> int:
