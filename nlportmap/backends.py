@@ -87,7 +87,7 @@ def choose(conf, probe=None) -> tuple[str, object | None]:
 def select_backend(conf, probe=None):
     """Instantiate the backend for ``conf``; checks the option/backend conflict."""
     name, backend = choose(conf, probe)
-    from .config import check_backend_conflict
+    from .netconf import check_backend_conflict
     check_backend_conflict(conf, name)
     return backend if backend is not None else make_backend(name)
 

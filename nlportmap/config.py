@@ -50,6 +50,10 @@ import msgspec
 
 from .errors import CNIError, DecodeFailure, InvalidConfig
 from .gojson import canonical_keys, json_type
+from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, LEGACY_ATTACHMENTS, LISTENER_POLICIES,
+                      PORT_MAX, PORT_MIN, PROTOCOLS, VALID_ATTACHMENTS, ConfMixin, backend_specific_options,
+                      check_backend_conflict, command_prefix, condition_style, conflict_error,
+                      parse_family_conditions)
 
 __all__ = [
     "PortMapping", "RuntimeConfig", "Attachment", "IPAM", "DNS", "NetConf",
@@ -57,20 +61,8 @@ __all__ = [
     "DEFAULT_MARK_BIT", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
 ]
 
-#: Default masquerade mark bit (upstream ``DefaultMarkBit``; Kubernetes uses 14/15, Calico 20-31).
-DEFAULT_MARK_BIT = 13
-#: Accepted ``backend`` values (reference §2.3).
-BACKENDS = ("nftables", "iptables")
-#: Accepted port-mapping protocols (CNI CONVENTIONS.md "portMappings"; reference §2.5).
-PROTOCOLS = ("tcp", "udp", "sctp")
-#: Accepted ``conflictPolicy`` values; ``None`` means ``"replace"``.
-CONFLICT_POLICIES = ("replace", "reject")
-#: Valid TCP/UDP/SCTP port range (host byte order).
-PORT_MIN, PORT_MAX = 1, 65535
-
-_VALID_ATTACHMENTS = "cni.dev/valid-attachments"
-#: libcni also sends the list under this historic (typo) key; used only as a fallback.
-_LEGACY_ATTACHMENTS = "cni.dev/attachments"
+_VALID_ATTACHMENTS = VALID_ATTACHMENTS
+_LEGACY_ATTACHMENTS = LEGACY_ATTACHMENTS
 
 
 class PortMapping(msgspec.Struct):
@@ -117,7 +109,7 @@ class DNS(msgspec.Struct):
     options: list[str] | None = None
 
 
-class NetConf(msgspec.Struct, dict=True):
+class NetConf(msgspec.Struct, ConfMixin, dict=True):
     """The decoded portmap configuration (reference §2.1; field names = JSON keys).
 
     Build it with :func:`parse_config`, which validates it.  Defaults:
@@ -154,136 +146,10 @@ class NetConf(msgspec.Struct, dict=True):
     ipam: IPAM | None = None
     dns: DNS | None = None
 
-    @property
-    def mark_bit(self) -> int:
-        """Effective masquerade mark bit: ``markMasqBit`` or :data:`DEFAULT_MARK_BIT`."""
-        return DEFAULT_MARK_BIT if self.markMasqBit is None else self.markMasqBit
 
-    @property
-    def conflict_policy(self) -> str:
-        """Effective conflict policy: ``"replace"`` (default) or ``"reject"``."""
-        return self.conflictPolicy or "replace"
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        """Problems that were tolerated (DEL only, see module docstring); one line each."""
-        return tuple(self.__dict__.get("_warnings", ()))
-
-    def parsed_conditions(self, family: int) -> tuple:
-        """``conditionsV4`` (``family=4``) or ``conditionsV6`` (6) as :class:`~nlportmap.conditions.Match` tuple.
-
-        ``()`` for an absent/empty list and for an iptables-style list (first
-        token starts with ``-`` or ``!``, reference §2.4).  Parsed once and
-        cached.  Raises :class:`~nlportmap.errors.InvalidConfig` if the list
-        is invalid (only reachable for configs parsed for DEL, or built
-        without :func:`parse_config`).
-        """
-        cache = self.__dict__.setdefault("_conditions", {})
-        if family not in cache:
-            try:
-                cache[family] = _parse_family_conditions(
-                    self.conditionsV4 if family == 4 else self.conditionsV6, family)
-            except InvalidConfig as err:
-                cache[family] = err
-        found = cache[family]
-        if isinstance(found, CNIError):
-            raise found
-        return found
-
-    def echo_result(self) -> dict | None:
-        """The prevResult to print on ADD (``None`` without prevResult).
-
-        The received object with ``cniVersion`` set to this config's version,
-        validated by :func:`nlportmap.result.decode_prev_result` (cached).
-        Raises :class:`~nlportmap.errors.DecodeFailure` if invalid.
-        """
-        if self.prevResult is None:
-            return None
-        echo = self.__dict__.get("_echo")
-        if echo is None:
-            from .result import decode_prev_result
-            echo = decode_prev_result(self.prevResult, self.cniVersion)
-            self.__dict__["_echo"] = echo
-        return echo
-
-    def container_ips(self, ifname: str) -> dict[int, str | None]:
-        """``{4: cidr | None, 6: cidr | None}`` chosen from prevResult for ``ifname`` (reference §2.7)."""
-        echo = self.echo_result()
-        if echo is None:
-            return {4: None, 6: None}
-        from .result import container_ips
-        return container_ips(echo, ifname)
-
-
-def condition_style(tokens: list[str] | None) -> str | None:
-    """Which backend a conditions list is written for (reference §2.4).
-
-    ``None`` for a null/empty list or an empty first token; ``"iptables"`` if
-    the first token starts with ``-`` or ``!``; ``"nftables"`` otherwise.
-    Only the first token is inspected, like upstream.
-    """
-    if not tokens or not tokens[0]:
-        return None
-    return "iptables" if tokens[0][0] in "-!" else "nftables"
-
-
-def _parse_family_conditions(tokens: list[str] | None, family: int) -> tuple:
-    if not tokens or condition_style(tokens) == "iptables":
-        return ()
-    from .conditions import parse_conditions
-    return parse_conditions(tokens, family)
-
-
-def backend_specific_options(conf: NetConf) -> dict[str, list[str]]:
-    """``{"iptables": [...keys], "nftables": [...keys]}`` in upstream's collection order (§2.3).
-
-    ``externalSetMarkChain`` (present, even ``""``) is iptables-specific; each
-    conditions list is specific to the backend :func:`condition_style` names.
-    """
-    found: dict[str, list[str]] = {"iptables": [], "nftables": []}
-    if conf.externalSetMarkChain is not None:
-        found["iptables"].append("externalSetMarkChain")
-    for key, tokens in (("conditionsV4", conf.conditionsV4), ("conditionsV6", conf.conditionsV6)):
-        style = condition_style(tokens)
-        if style:
-            found[style].append(key)
-    return found
-
-
-def _prefix(command: str | None) -> str:
-    return "failed to parse config: " if command in ("ADD", "DEL") else ""
-
-
-def _conflict(conf: NetConf, chosen: str, prefix: str) -> None:
-    opts = backend_specific_options(conf)
-    other = "nftables" if chosen == "iptables" else "iptables"
-    if opts[other]:
-        raise InvalidConfig(f"{prefix}{chosen} backend was requested "
-                            f"but configuration contains {other}-specific options "
-                            f"[{' '.join(opts[other])}]")
-
-
-def check_backend_conflict(conf: NetConf, chosen: str) -> None:
-    """Reject options meant for the other backend once the backend is known (reference §2.3).
-
-    ``chosen``: the requested or auto-detected backend string (an unknown
-    string counts as "not iptables", like upstream).  :func:`parse_config`
-    does this itself when ``backend`` is given explicitly; call it after
-    auto-detection otherwise (calling it again is harmless).  If ``chosen``
-    is ``"nftables"`` the nftables-style conditions are also required to be
-    valid (they already are after :func:`parse_config`, except for DEL, where
-    this stays lenient).
-
-    Raises :class:`~nlportmap.errors.InvalidConfig` with upstream's exact text
-    (after the command prefix, see module docstring), e.g.
-    ``nftables backend was requested but configuration contains
-    iptables-specific options [externalSetMarkChain conditionsV4 conditionsV6]``.
-    """
-    command = conf.__dict__.get("_command")
-    _conflict(conf, chosen, _prefix(command))
-    if chosen == "nftables" and command != "DEL":
-        conf.parsed_conditions(4)
-        conf.parsed_conditions(6)
+_parse_family_conditions = parse_family_conditions
+_prefix = command_prefix
+_conflict = conflict_error
 
 
 # --- decoding -------------------------------------------------------------------
@@ -401,11 +267,11 @@ def _mapping_problem(i: int, pm: PortMapping) -> str | None:
         return f'{where}.protocol: unsupported protocol "{pm.protocol}" (must be one of tcp, udp, sctp)'
     host_ip = pm.hostIP or None
     if host_ip is not None:
-        import ipaddress
+        from .addr import parse_ip
         try:
             if "%" in host_ip or "/" in host_ip:
                 raise ValueError(host_ip)
-            ipaddress.ip_address(host_ip)
+            parse_ip(host_ip)
         except ValueError:
             return f'{where}.hostIP: invalid IP address "{host_ip}"'
     pm.protocol = proto
@@ -516,7 +382,7 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
     conf.__dict__["_conditions"] = cache
 
     for field, allowed, fallback in (("conflictPolicy", CONFLICT_POLICIES, 'using "replace" for DEL'),
-                                     ("hostPortListeners", ("ignore", "reject"), "ignored for DEL")):
+                                     ("hostPortListeners", LISTENER_POLICIES, "ignored for DEL")):
         value = getattr(conf, field)
         if value is not None and value not in allowed:
             problem = (f'{field}: unrecognized value "{value}" (must be '

@@ -8,8 +8,6 @@ plugin prints on **stdout** and follows with exit status 1.
 """
 from __future__ import annotations
 
-import json
-
 __all__ = [
     "CNIError", "IncompatibleVersion", "UnsupportedField", "UnknownContainer",
     "InvalidEnvironment", "IOFailure", "DecodeFailure", "InvalidConfig",
@@ -102,4 +100,5 @@ class KernelError(InternalError):
 
 def error_json(err: CNIError, cni_version: str | None = None) -> str:
     """Serialise ``err`` as the JSON text printed on stdout (4-space indent, like upstream)."""
-    return json.dumps(err.to_dict(cni_version), indent=4)
+    from .jsonio import dumps
+    return dumps(err.to_dict(cni_version), indent=4)

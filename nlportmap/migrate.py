@@ -22,7 +22,6 @@ for missing state.
 from __future__ import annotations
 
 import errno
-import random
 import time
 
 from .errors import KernelError, TryAgainLater
@@ -39,7 +38,7 @@ _ATTEMPTS = 10
 
 
 def _nft_cleanup(sock, owner, families) -> int:
-    from .nft import netlink as N
+    from .nft import wire as N
 
     # Rules go by handle (never reused within a table): a rule that vanished since
     # the dump makes the batch fail with ENOENT and we dump again.  No generation-id
@@ -50,7 +49,8 @@ def _nft_cleanup(sock, owner, families) -> int:
             for chain in UPSTREAM_CHAINS:
                 for r in sock.dump_rules(N.FAMILY[fam], UPSTREAM_TABLE, chain) or ():
                     if r.comment == owner.container_id:
-                        ops.append(N.del_rule(N.FAMILY[fam], UPSTREAM_TABLE, chain, r.handle))
+                        from .nft.netlink import del_rule  # pyroute2: only when there is work
+                        ops.append(del_rule(N.FAMILY[fam], UPSTREAM_TABLE, chain, r.handle))
         if not ops:
             return 0
         try:
@@ -60,6 +60,7 @@ def _nft_cleanup(sock, owner, families) -> int:
             code = e.errors[0][1]
             if code not in _RETRY:
                 raise KernelError(f"error deleting upstream nftables rules: {e}") from e
+            import random
             time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
     raise TryAgainLater(f"error deleting upstream nftables rules: ruleset kept changing ({_ATTEMPTS} attempts)")
 
@@ -81,12 +82,11 @@ def _ipt_may_hold(sock, fam: int, names) -> bool:
         return True
     if sock is None:
         return True
-    from .nft import netlink as N
+    from .nft import wire as N
     try:
-        chains = sock.dump_chains(N.FAMILY[fam], "nat")
+        return any(sock.chains_exist([(N.FAMILY[fam], "nat", n) for n in names]))
     except OSError:
         return True
-    return bool(chains) and any(n in chains for n in names)
 
 
 def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None, sock=None) -> int:
@@ -111,7 +111,7 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None,
     own = sock is None
     if own:
         try:
-            from .nft.netlink import NetfilterSocket
+            from .nft.wire import NetfilterSocket
             sock = NetfilterSocket()
             sock.genid()
         except (OSError, ImportError):
@@ -123,14 +123,16 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None,
             if sock is not None:
                 total += _nft_cleanup(sock, owner, families)
             if iptables:
-                from .ipt import rules as R
-                from .ipt.backend import IptBackend
-                b = ipt or IptBackend()
-                dn = R.dn_chain(owner.network, owner.container_id)
-                sn = R.sn_chain(owner.network, owner.container_id)
+                from .ipt.names import dn_chain, sn_chain
+                dn = dn_chain(owner.network, owner.container_id)
+                sn = sn_chain(owner.network, owner.container_id)
                 for fam in families:
                     if not _ipt_may_hold(sock, fam, (dn, sn)):
                         continue
+                    if ipt is None:
+                        from .ipt.backend import IptBackend
+                        ipt = IptBackend()
+                    b = ipt
                     total += b.teardown_chains(fam, [dn, sn], f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat")
     finally:
         if own and sock is not None:

@@ -5,7 +5,7 @@ u32 seq, u32 pid; an ``NLMSG_ERROR`` payload starts with the negative errno (s32
 """
 from __future__ import annotations
 
-import os
+import posix
 import struct
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -30,7 +30,7 @@ def collect(buf: bytes, seq: int, out: list) -> bool:
             if typ == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", buf, off + 16)[0]
                 if code:
-                    raise OSError(code, os.strerror(code))
+                    raise OSError(code, posix.strerror(code))
                 return True
             out.append(buf[off: off + ln])
             if not flg & NLM_F_MULTI:

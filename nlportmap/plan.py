@@ -10,11 +10,39 @@ Address families are the integers 4 and 6.  Ports are host-order ints in
 """
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
+from . import addr
 
 
 __all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COMMENT_MAX"]
+
+
+class _Record:
+    """Frozen value object over ``__slots__`` (what ``@dataclass(frozen=True, slots=True)``
+    gives, without importing ``dataclasses``: ~5 ms of a cold start).  Subclasses list
+    their fields in ``__slots__`` and set them with ``_init``."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _init(self, **values: object) -> None:
+        for k, v in values.items():
+            object.__setattr__(self, k, v)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _astuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__,) + self._astuple())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
 #: Longest owner comment we store (bytes).  nftables element/rule userdata is
 #: limited to 256 bytes (NFT_USERDATA_MAXLEN, include/uapi/linux/netfilter/nf_tables.h
@@ -22,8 +50,7 @@ __all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COM
 OWNER_COMMENT_MAX = 236  # + " @<13-digit ms timestamp>" stays under 253 (2-byte TLV header, NUL)
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
+class Owner(_Record):
     """Who owns kernel state: the CNI attachment (containerID, ifname), plus the network name.
 
     ``tag`` (``"<containerID>/<ifname>"``) is the identity used for ownership
@@ -31,9 +58,13 @@ class Owner:
     :data:`OWNER_COMMENT_MAX` bytes) is what operators see next to each element.
     """
 
+    __slots__ = ("container_id", "ifname", "network")
     container_id: str
     ifname: str
-    network: str = ""
+    network: str
+
+    def __init__(self, container_id: str, ifname: str, network: str = "") -> None:
+        self._init(container_id=container_id, ifname=ifname, network=network)
 
     @property
     def tag(self) -> str:
@@ -83,20 +114,25 @@ class Owner:
         return Owner(cid, ifname, net)
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(_Record):
     """One DNAT: (family, proto, host_ip|any, host_port) -> container_ip:container_port.
 
     ``host_ip`` is ``None`` for "any local address" (absent, ``0.0.0.0`` or ``::``).
     ``proto`` is lower case: ``tcp``, ``udp`` or ``sctp``.
     """
 
+    __slots__ = ("family", "proto", "host_ip", "host_port", "container_ip", "container_port")
     family: int
     proto: str
     host_ip: str | None
     host_port: int
     container_ip: str
     container_port: int
+
+    def __init__(self, family: int, proto: str, host_ip: str | None, host_port: int,
+                 container_ip: str, container_port: int) -> None:
+        self._init(family=family, proto=proto, host_ip=host_ip, host_port=host_port,
+                   container_ip=container_ip, container_port=container_port)
 
     @property
     def key(self) -> tuple:
@@ -110,48 +146,68 @@ class Forward:
         return f"{self.proto} {h}:{self.host_port} -> {c}:{self.container_port}"
 
 
-@dataclass(frozen=True, slots=True)
-class Masq:
+class Masq(_Record):
     """Masquerade DNATed traffic from ``saddr`` (``None`` = any source, masqAll) to ``daddr``.
 
     The hairpin case is ``saddr == daddr == container IP``; the IPv4 localhost
     case is ``saddr = 127.0.0.1``.
     """
 
+    __slots__ = ("family", "saddr", "daddr")
     family: int
     saddr: str | None
     daddr: str
+
+    def __init__(self, family: int, saddr: str | None, daddr: str) -> None:
+        self._init(family=family, saddr=saddr, daddr=daddr)
 
     def __str__(self) -> str:
         return f"masquerade {self.saddr or 'any'} -> {self.daddr}"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Everything one attachment needs.  Built by :func:`make_plan`; pure data."""
+class Plan(_Record):
+    """Everything one attachment needs.  Built by :func:`make_plan`; pure data.
 
+    ``conditions``: family -> parsed nftables-style conditions (table-wide, see nft
+    backend); ``raw_conditions``: family -> raw iptables-style tokens (per container,
+    ipt backend); ``conntrack_flush``: (family, proto, host_port) whose stale conntrack
+    entries are deleted after commit; ``route_localnet_ip``: IPv4 container address whose
+    route's interface gets route_localnet=1 (None: skip); ``container_cidrs``: container
+    addresses with prefix, as found in prevResult (iptables hairpin uses them);
+    ``all_mappings``: all mappings of the config, in order (the iptables entry rules need
+    even skipped ones); ``host_keys``: (family, proto, host_ip|None, host_port) for BOTH
+    families, from portMappings alone, so DEL finds its elements even without prevResult.
+    """
+
+    __slots__ = ("owner", "forwards", "masqs", "conditions", "raw_conditions", "snat", "masq_all",
+                 "mark_bit", "external_mark_chain", "conntrack_flush", "route_localnet_ip",
+                 "container_cidrs", "all_mappings", "host_keys")
     owner: Owner
-    forwards: tuple[Forward, ...] = ()
-    masqs: tuple[Masq, ...] = ()
-    #: family -> parsed nftables-style conditions (table-wide, see nft backend)
-    conditions: dict = field(default_factory=dict)
-    #: family -> raw iptables-style condition tokens (per container, ipt backend)
-    raw_conditions: dict = field(default_factory=dict)
-    snat: bool = True
-    masq_all: bool = False
-    mark_bit: int = 13
-    external_mark_chain: str | None = None
-    #: (family, proto, host_port) whose stale conntrack entries are deleted after commit
-    conntrack_flush: tuple[tuple[int, str, int], ...] = ()
-    #: IPv4 container address whose route's interface gets route_localnet=1 (None: skip)
-    route_localnet_ip: str | None = None
-    #: container addresses with prefix, as found in prevResult (iptables hairpin uses them)
-    container_cidrs: dict = field(default_factory=dict)
-    #: all mappings of the config, in order (the iptables entry rules need even skipped ones)
-    all_mappings: tuple = ()
-    #: host-side keys (family, proto, host_ip|None, host_port) for BOTH families,
-    #: computed from portMappings alone: DEL finds its elements even without prevResult
-    host_keys: tuple[tuple[int, str, str | None, int], ...] = ()
+    forwards: tuple[Forward, ...]
+    masqs: tuple[Masq, ...]
+    conditions: dict
+    raw_conditions: dict
+    snat: bool
+    masq_all: bool
+    mark_bit: int
+    external_mark_chain: str | None
+    conntrack_flush: tuple[tuple[int, str, int], ...]
+    route_localnet_ip: str | None
+    container_cidrs: dict
+    all_mappings: tuple
+    host_keys: tuple[tuple[int, str, str | None, int], ...]
+
+    def __init__(self, owner: Owner, forwards: tuple[Forward, ...] = (), masqs: tuple[Masq, ...] = (),
+                 conditions: dict | None = None, raw_conditions: dict | None = None, snat: bool = True,
+                 masq_all: bool = False, mark_bit: int = 13, external_mark_chain: str | None = None,
+                 conntrack_flush: tuple[tuple[int, str, int], ...] = (), route_localnet_ip: str | None = None,
+                 container_cidrs: dict | None = None, all_mappings: tuple = (),
+                 host_keys: tuple[tuple[int, str, str | None, int], ...] = ()) -> None:
+        self._init(owner=owner, forwards=forwards, masqs=masqs, conditions=conditions or {},
+                   raw_conditions=raw_conditions or {}, snat=snat, masq_all=masq_all, mark_bit=mark_bit,
+                   external_mark_chain=external_mark_chain, conntrack_flush=conntrack_flush,
+                   route_localnet_ip=route_localnet_ip, container_cidrs=container_cidrs or {},
+                   all_mappings=all_mappings, host_keys=host_keys)
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))
@@ -171,29 +227,23 @@ class Plan:
         return "\n".join(lines)
 
 
-def _family(ip: str) -> int:
-    a = ipaddress.ip_address(ip)
-    if a.version == 6 and a.ipv4_mapped is not None:
-        return 4
-    return a.version
-
-
 def _norm_host_ip(host_ip: str | None, fam: int) -> "str | None | bool":
     """hostIP for family ``fam``: None = any address, False = other family (skip)."""
     if not host_ip:
         return None
-    if _family(host_ip) != fam:
+    version, p = addr.parse_ip(host_ip)
+    if version == 6 and p[:12] == bytes(10) + b"\xff\xff":
+        version, p = 4, p[12:]
+    if version != fam:
         return False
-    a = ipaddress.ip_address(host_ip)
-    if a.version == 6 and a.ipv4_mapped is not None:
-        a = a.ipv4_mapped
-    return None if a.is_unspecified else str(a)
+    return None if not any(p) else addr.canonical(version, p)
 
 
-@dataclass(frozen=True, slots=True)
-class Listed:
+class Listed(_Record):
     """One installed forward as read back from the kernel (``nlportmap list``)."""
 
+    __slots__ = ("owner", "family", "proto", "host_ip", "host_port", "container_ip", "container_port",
+                 "backend", "state")
     owner: "Owner | None"
     family: int
     proto: str
@@ -203,7 +253,12 @@ class Listed:
     container_port: int
     backend: str
     #: "active" (packets use it) or "shadowed" (taken over by a newer ADD; restored on its DEL)
-    state: str = "active"
+    state: str
+
+    def __init__(self, owner: "Owner | None", family: int, proto: str, host_ip: str | None, host_port: int,
+                 container_ip: str, container_port: int, backend: str, state: str = "active") -> None:
+        self._init(owner=owner, family=family, proto=proto, host_ip=host_ip, host_port=host_port,
+                   container_ip=container_ip, container_port=container_port, backend=backend, state=state)
 
     def to_dict(self) -> dict:
         o = self.owner
@@ -246,7 +301,8 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
         cidr = cidrs.get(fam)
         if not cidr:
             continue
-        cip = str(ipaddress.ip_interface(cidr).ip)
+        version, packed, _ = addr.parse_interface(cidr)
+        cip = addr.canonical(version, packed)
         seen: set = set()
         for m in mappings:
             proto = m.protocol.lower()
@@ -280,7 +336,8 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
             if k not in host_keys:
                 host_keys.append(k)
     v4 = cidrs.get(4)
-    route_ip = str(ipaddress.ip_interface(v4).ip) if (v4 and conf.snat and any(f.family == 4 for f in forwards)) else None
+    route_ip = (addr.canonical(4, addr.parse_interface(v4)[1])
+                if (v4 and conf.snat and any(f.family == 4 for f in forwards)) else None)
     return Plan(
         owner=owner,
         forwards=tuple(forwards),

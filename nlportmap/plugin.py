@@ -22,8 +22,10 @@ def _debug() -> bool:
 class Plugin:
     """CNI handlers.  ``backend`` may be injected (tests, daemon); else chosen per request."""
 
-    def __init__(self, backend=None, t0: float | None = None):
+    def __init__(self, backend=None, t0: float | None = None, cold: bool = False):
         self._backend = backend
+        #: an exec'd process (no event loop of its own): side effects run one after another
+        self._cold = cold
         self.timings: dict[str, float] = {}
         self.last_plan = None
         #: perf_counter() when main() started: the time until a handler runs is "decode"
@@ -60,13 +62,12 @@ class Plugin:
         return plan
 
     def _prev(self, req, required: str | None) -> dict | None:
-        from .result import decode_prev_result
         conf = req.conf
         if conf.prevResult is None:
             if required:
                 raise InternalError(required)
             return None
-        return decode_prev_result(conf.prevResult, conf.cniVersion)
+        return conf.echo_result()  # decoded and validated once, at parse time
 
     def _report(self, command: str) -> None:
         path = os.environ.get("NLPORTMAP_TIMINGS_FILE")
@@ -97,8 +98,12 @@ class Plugin:
             backend.forward(plan, req.conf.conflictPolicy or "replace")
             t = self._lap("transaction", t)
             if plan.conntrack_flush or plan.route_localnet_ip:
-                from .sidefx import run_side_effects
-                self.run_async(run_side_effects, plan)
+                if self._cold:
+                    from .sidefx import run_side_effects_sync
+                    run_side_effects_sync(plan)
+                else:
+                    from .sidefx import run_side_effects
+                    self.run_async(run_side_effects, plan)
                 t = self._lap("side_effects", t)
         self._report("ADD")
         return prev

@@ -299,12 +299,13 @@ def plugin_main(t0: float | None = None) -> int:
 
 def _in_process(stdin: bytes, stream, t0: float) -> int:
     import io
-    import os
     from .plugin import Plugin
     from .skel import run
     sys.stdout.flush()
-    status = run(os.environ, stream if stream is not None else io.BytesIO(stdin),
-                 sys.stdout, sys.stderr, Plugin(t0=t0))
+    env = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+           for k, v in _os.environ.items()}  # os.environ without importing os (~1 ms)
+    status = run(env, stream if stream is not None else io.BytesIO(stdin),
+                 sys.stdout, sys.stderr, Plugin(t0=t0, cold=True), lean=True)
     sys.stdout.flush()
     return status
 

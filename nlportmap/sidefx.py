@@ -1,4 +1,11 @@
-"""Side effects of ADD that run after the transaction commits, concurrently under anyio.
+"""Side effects of ADD that run after the transaction commits.
+
+Two runners share the message encoders and parsers below: :func:`run_side_effects`
+(concurrently under anyio, for the daemon's long-lived loop and many conntrack
+deletions at once) and :func:`run_side_effects_sync` (one after another on
+blocking sockets, for the cold exec'd process: starting an event loop costs
+more there -- asyncio's import alone is ~10 ms -- than the one sysctl write and
+the few conntrack messages of an ADD take; docs/performance.md).
 
 * Stale conntrack entries: for every UDP/SCTP host port, delete the entries of
   that address family whose original-direction destination port is the host
@@ -17,13 +24,18 @@ All sockets are created in the calling thread's network namespace.
 from __future__ import annotations
 
 import errno
-import os
-import socket
 import struct
 import sys
 import time
 
-from . import _pyroute2
+import _socket as socket
+import posix
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Generator
+    from typing import Any
+
 from .nlmsg import collect
 
 NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
@@ -43,11 +55,27 @@ def log(msg: str) -> None:
     sys.stderr.write(time.strftime("%Y/%m/%d %H:%M:%S ") + msg + "\n")
 
 
-def _open(proto: int) -> socket.socket:
+def _open(proto: int, blocking: bool = False) -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
     s.bind((0, 0))
-    s.setblocking(False)
+    if blocking:
+        s.settimeout(5.0)
+    else:
+        s.setblocking(False)
     return s
+
+
+def _seq() -> int:
+    return int.from_bytes(posix.urandom(3), "little") << 4
+
+
+def _exchange_sync(s: socket.socket, data: bytes, seq: int) -> list[bytes]:
+    """:func:`_exchange` on a blocking socket (its timeout bounds each recv)."""
+    s.send(data)
+    out: list[bytes] = []
+    while True:
+        if collect(s.recv(1 << 20), seq, out):
+            return out
 
 
 async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.0) -> list[bytes]:
@@ -70,17 +98,27 @@ async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.
                 return out
 
 
+CTA_FILTER, NLA_F_NESTED = 25, 0x8000
+CTA_FILTER_ORIG_FLAGS = 1
+#: CTA_FILTER_FLAG_CTA_PROTO_NUM | CTA_FILTER_FLAG_CTA_PROTO_DST_PORT (nfnetlink_conntrack.h)
+_FILTER_PROTO_DPORT = (1 << 3) | (1 << 5)
+
+
+def _nla(atype: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, atype) + payload + b"\0" * (-n % 4)
+
+
 def _ct_msg(mtype: int, flags: int, family: int, proto: int, port: int, seq: int) -> bytes:
-    _pyroute2.load()
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
-    flt = NFCTAttrTuple(family=AF[family], proto=proto, dport=port)
-    a = flt.attrs()  # sets flt.flags (CTA_FILTER_FLAG_*)
-    m = nfct_msg.create_from(tuple_orig={"attrs": a},
-                             cta_filter={"attrs": [["CTA_FILTER_ORIG_FLAGS", flt.flags]]})
-    m["nfgen_family"] = AF[family]
-    m["header"].update(type=(NFNL_SUBSYS_CTNETLINK << 8) | mtype, flags=flags, sequence_number=seq)
-    m.encode()
-    return bytes(m.data)
+    """A ctnetlink request matching the original tuple's L4 protocol and destination port:
+    ``CTA_TUPLE_ORIG { CTA_TUPLE_PROTO { CTA_PROTO_NUM u8, CTA_PROTO_DST_PORT be16 } }``
+    plus ``CTA_FILTER { CTA_FILTER_ORIG_FLAGS u32 }`` (the kernel filters on these fields).
+    Byte-identical to pyroute2's ``nfct_msg`` encoding (tests/unit/test_sidefx_encoding.py)."""
+    tup = _nla(CTA_TUPLE_ORIG, _nla(CTA_TUPLE_PROTO, _nla(CTA_PROTO_NUM, bytes((proto,)))
+                                    + _nla(CTA_PROTO_DST_PORT, struct.pack("!H", port))))
+    flt = _nla(CTA_FILTER | NLA_F_NESTED, _nla(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", _FILTER_PROTO_DPORT)))
+    body = struct.pack("!BBH", AF[family], 0, 0) + tup + flt
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | mtype, flags, seq, 0) + body
 
 
 def _walk(buf: bytes, off: int, end: int):
@@ -108,6 +146,107 @@ def _orig_tuple(msg: bytes) -> tuple[bytes, int | None, int | None]:
     return b"", None, None
 
 
+# Each kernel exchange below is written once, as a generator that yields
+# ``(request bytes, seq)`` and receives the replies (or has the OSError thrown in);
+# :func:`_drive_sync` and :func:`_drive_async` run it on a blocking or an anyio socket.
+if TYPE_CHECKING:
+    Steps = Generator[tuple[bytes, int], list[bytes], Any]
+
+
+def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool) -> Steps:
+    pnum = PROTO_NUM[proto]
+    seq = _seq()
+    if not force_fallback:
+        try:
+            yield _ct_msg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, family, pnum, port, seq), seq
+            return -1
+        except OSError as e:
+            if e.errno == errno.ENOENT:  # filter matched nothing
+                return -1
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    # fallback: kernel-filtered dump (>= 5.8; older kernels dump all, so re-check here)
+    seq += 1
+    victims = []
+    for raw in (yield _ct_msg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, family, pnum, port, seq), seq):
+        tup, p, dp = _orig_tuple(raw)
+        if tup and p == pnum and dp == port:
+            victims.append(tup)
+    n = 0
+    for tup in victims:
+        seq += 1
+        body = struct.pack("!BBH", AF[family], 0, 0) + tup
+        msg = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
+                          NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+        try:
+            yield msg, seq
+            n += 1
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # expired meanwhile
+                raise
+    return n
+
+
+def _route_oif_steps(addr: str) -> Steps:
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    dst = socket.inet_pton(fam, addr)
+    seq = _seq()
+    # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
+    body = struct.pack("=BBBBBBBBI", fam, len(dst) * 8, 0, 0, 0, 0, 0, 0, 0)
+    body += struct.pack("=HH", 4 + len(dst), 1) + dst  # RTA_DST
+    msg = struct.pack("=IHHII", 16 + len(body), 26, NLM_F_REQUEST, seq, 0) + body
+    try:
+        replies = yield msg, seq
+    except OSError:
+        return None
+    for raw in replies:
+        for ty, off, _ in _walk(raw, 28, len(raw)):
+            if ty == 4:  # RTA_OIF
+                idx = struct.unpack_from("=I", raw, off + 4)[0]
+                try:
+                    return socket.if_indextoname(idx)
+                except OSError:
+                    return None
+        return None
+    return None
+
+
+def _drive_sync(steps: Steps, s: socket.socket) -> Any:
+    try:
+        req = next(steps)
+        while True:
+            try:
+                replies = _exchange_sync(s, *req)
+            except OSError as e:
+                req = steps.throw(e)
+                continue
+            req = steps.send(replies)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        s.close()
+
+
+async def _drive_async(steps: Steps, s: socket.socket) -> Any:
+    try:
+        req = next(steps)
+        while True:
+            try:
+                replies = await _exchange(s, *req)
+            except OSError as e:
+                req = steps.throw(e)
+                continue
+            req = steps.send(replies)
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        s.close()
+
+
+def _force_fallback() -> bool:
+    return bool(posix.environ.get(FORCE_FALLBACK_ENV.encode()))
+
+
 async def delete_conntrack(family: int, proto: str, port: int) -> int:
     """Delete conntrack entries (family 4|6, proto udp|sctp, orig dst port ``port``).
 
@@ -115,75 +254,44 @@ async def delete_conntrack(family: int, proto: str, port: int) -> int:
     filter did it in one request (the kernel does not report a count).
     Raises OSError on netlink failures.
     """
-    pnum = PROTO_NUM[proto]
-    s = _open(NETLINK_NETFILTER)
-    seq = int.from_bytes(os.urandom(3), "little") << 4
-    try:
-        if not os.environ.get(FORCE_FALLBACK_ENV):
-            try:
-                await _exchange(s, _ct_msg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK,
-                                           family, pnum, port, seq), seq)
-                return -1
-            except OSError as e:
-                if e.errno == errno.ENOENT:  # filter matched nothing
-                    return -1
-                if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-        # fallback: kernel-filtered dump (>= 5.8; older kernels dump all, so re-check here)
-        seq += 1
-        victims = []
-        for raw in await _exchange(s, _ct_msg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP,
-                                              family, pnum, port, seq), seq):
-            tup, p, dp = _orig_tuple(raw)
-            if tup and p == pnum and dp == port:
-                victims.append(tup)
-        n = 0
-        for tup in victims:
-            seq += 1
-            body = struct.pack("!BBH", AF[family], 0, 0) + tup
-            msg = struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE,
-                              NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
-            try:
-                await _exchange(s, msg, seq)
-                n += 1
-            except OSError as e:
-                if e.errno != errno.ENOENT:  # expired meanwhile
-                    raise
-        return n
-    finally:
-        s.close()
+    return await _drive_async(_ct_delete_steps(family, proto, port, _force_fallback()), _open(NETLINK_NETFILTER))
+
+
+def delete_conntrack_sync(family: int, proto: str, port: int) -> int:
+    """:func:`delete_conntrack` on a blocking socket (cold path)."""
+    return _drive_sync(_ct_delete_steps(family, proto, port, _force_fallback()),
+                       _open(NETLINK_NETFILTER, blocking=True))
 
 
 async def route_oif(addr: str) -> str | None:
     """Name of the output interface of the route to ``addr`` (``ip route get``), or None."""
-    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    dst = socket.inet_pton(fam, addr)
-    seq = int.from_bytes(os.urandom(3), "little") << 4
-    # struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags(u32)
-    body = struct.pack("=BBBBBBBBI", fam, len(dst) * 8, 0, 0, 0, 0, 0, 0, 0)
-    body += struct.pack("=HH", 4 + len(dst), 1) + dst  # RTA_DST
-    msg = struct.pack("=IHHII", 16 + len(body), 26, NLM_F_REQUEST, seq, 0) + body
-    s = _open(NETLINK_ROUTE)
     try:
-        for raw in await _exchange(s, msg, seq):
-            for ty, off, ln in _walk(raw, 28, len(raw)):
-                if ty == 4:  # RTA_OIF
-                    idx = struct.unpack_from("=I", raw, off + 4)[0]
-                    try:
-                        return socket.if_indextoname(idx)
-                    except OSError:
-                        return None
-            return None
+        s = _open(NETLINK_ROUTE)
     except OSError:
         return None
-    finally:
-        s.close()
-    return None
+    return await _drive_async(_route_oif_steps(addr), s)
+
+
+def route_oif_sync(addr: str) -> str | None:
+    """:func:`route_oif` on a blocking socket (cold path)."""
+    try:
+        s = _open(NETLINK_ROUTE, blocking=True)
+    except OSError:
+        return None
+    return _drive_sync(_route_oif_steps(addr), s)
 
 
 def write_sysctl(path: str, value: str) -> None:
     with open(path, "w") as f:
         f.write(value)
+
+
+def _localnet_on(ifname: str | None) -> str | None:
+    if not ifname:
+        return None
+    # '/'-separated path: interface names may contain dots
+    write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/route_localnet", "1")
+    return ifname
 
 
 async def enable_route_localnet(container_ip: str) -> str | None:
@@ -192,12 +300,31 @@ async def enable_route_localnet(container_ip: str) -> str | None:
     Lookup failure or unknown link: silently skipped (None), as upstream.
     Raises OSError if the sysctl write fails.
     """
-    ifname = await route_oif(container_ip)
-    if not ifname:
-        return None
-    # '/'-separated path: interface names may contain dots
-    write_sysctl(f"/proc/sys/net/ipv4/conf/{ifname}/route_localnet", "1")
-    return ifname
+    return _localnet_on(await route_oif(container_ip))
+
+
+def _ct_failed(fam: int, proto: str, port: int, e: Exception) -> None:
+    log(f"failed to delete stale {proto.upper()} conntrack entries for ipv{fam} port {port}: {e}")
+
+
+def run_side_effects_sync(plan: Any) -> None:
+    """All post-commit side effects of ``plan``, one after another (cold exec path).
+
+    Same outcome and errors as :func:`run_side_effects`: raises
+    :class:`nlportmap.errors.InternalError` if route_localnet cannot be set;
+    conntrack failures are logged and ignored.
+    """
+    for fam, proto, port in plan.conntrack_flush:
+        try:
+            delete_conntrack_sync(fam, proto, port)
+        except Exception as e:  # noqa: BLE001 - logged, not fatal (upstream: log.Printf)
+            _ct_failed(fam, proto, port, e)
+    if plan.route_localnet_ip:
+        try:
+            _localnet_on(route_oif_sync(plan.route_localnet_ip))
+        except OSError as e:
+            from .errors import InternalError
+            raise InternalError(f"unable to enable route_localnet: {e}") from None
 
 
 async def run_side_effects(plan, timings: dict | None = None) -> None:
@@ -215,7 +342,7 @@ async def run_side_effects(plan, timings: dict | None = None) -> None:
         try:
             await delete_conntrack(fam, proto, port)
         except Exception as e:  # noqa: BLE001 - logged, not fatal (upstream: log.Printf)
-            log(f"failed to delete stale {proto.upper()} conntrack entries for ipv{fam} port {port}: {e}")
+            _ct_failed(fam, proto, port, e)
 
     async def localnet_job(ip):
         try:

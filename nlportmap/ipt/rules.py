@@ -41,10 +41,11 @@ How the restore texts are built (verified on iptables 1.8.9, both the
 """
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
+
+from .names import DN_PREFIX, MAX_CHAIN_NAME, SN_PREFIX, chain_name, dn_chain, sn_chain
 
 __all__ = [
     "TABLE", "DNAT_CHAIN", "SETMARK_CHAIN", "MASQ_CHAIN", "SNAT_CHAIN", "TOPLEVEL_ENTRY_CHAINS",
@@ -65,10 +66,6 @@ SETMARK_CHAIN = "CNI-HOSTPORT-SETMARK"
 MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
 SNAT_CHAIN = "CNI-HOSTPORT-SNAT"          # legacy entry chain of CNI-SN-<hash> (§3.2, §3.9)
 TOPLEVEL_ENTRY_CHAINS = ("PREROUTING", "OUTPUT")
-DN_PREFIX = "CNI-DN-"
-SN_PREFIX = "CNI-SN-"
-#: iptables chain names are cut to 28 characters (§3.3).
-MAX_CHAIN_NAME = 28
 #: ``-m multiport`` takes at most 15 ports (§3.5).
 MULTIPORT_MAX = 15
 #: The ``comment`` match accepts at most 255 characters (§3.5, §6 item 19).
@@ -79,21 +76,7 @@ MASQ_JUMP_COMMENT = "CNI portfwd requiring masquerade"
 
 
 # --------------------------------------------------------------------- names
-def chain_name(prefix: str, network: str, container_id: str) -> str:
-    """``prefix`` + lower-case hex SHA-512 of ``network + container_id`` (UTF-8, no
-    separator), cut to 28 characters (§3.3).  CNI_IFNAME is not part of it."""
-    h = hashlib.sha512((network + container_id).encode()).hexdigest()
-    return (prefix + h)[:MAX_CHAIN_NAME]
-
-
-def dn_chain(network: str, container_id: str) -> str:
-    """The per-container DNAT chain, e.g. ``mynet``+``c1`` -> ``CNI-DN-f0bca4ac77cde1bf2f3da`` (§3.3)."""
-    return chain_name(DN_PREFIX, network, container_id)
-
-
-def sn_chain(network: str, container_id: str) -> str:
-    """The legacy per-container SNAT chain ``CNI-SN-<same 21 hex>`` (§3.3; DEL only)."""
-    return chain_name(SN_PREFIX, network, container_id)
+# chain_name, dn_chain, sn_chain: nlportmap.ipt.names (imported above)
 
 
 def mark_spec(bit: int) -> str:

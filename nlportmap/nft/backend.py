@@ -17,14 +17,13 @@ gives the port back to the newest surviving displaced claim.
 from __future__ import annotations
 
 import errno
-import random
 import time
 
 from ..errors import InternalError, InvalidConfig, KernelError, TryAgainLater
 from ..lock import netns_lock
 from ..plan import Listed, Owner, Plan
 from . import layout as L
-from . import netlink as N
+from . import wire as N
 
 RETRY_ERRNOS = {errno.ERESTART, errno.EBUSY, errno.ENOENT, errno.EEXIST, errno.EINTR, errno.EAGAIN}
 MAX_ATTEMPTS = 25
@@ -85,6 +84,7 @@ class NftBackend:
                     if code == errno.ENOENT:
                         self._repair = True  # an object of ours is gone: rewrite the skeleton next time
                     if code in RETRY_ERRNOS and attempt + 1 < MAX_ATTEMPTS:
+                        import random
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                         continue
                     if code in RETRY_ERRNOS:
@@ -446,8 +446,9 @@ class NftBackend:
         proves the kernel parsed and authorised a batch (EPERM without
         CAP_NET_ADMIN, EPROTONOSUPPORT/ENOENT socket errors without nf_tables).
         """
+        from .netlink import del_table
         try:
-            self.sock.commit([N.del_table(N.NFPROTO_IPV4, "nlportmap_status_probe")])
+            self.sock.commit([del_table(N.NFPROTO_IPV4, "nlportmap_status_probe")])
         except N.NftError as e:
             if e.errors[0][1] == errno.ENOENT:
                 return None

@@ -1,8 +1,12 @@
-"""nf_tables over a plain ``AF_NETLINK`` socket: message builders and transport.
+"""nf_tables message builders for the skeleton (tables, chains, rules, sets), on
+pyroute2's message classes; re-exports :mod:`nlportmap.nft.wire` (constants, the
+hand-encoded hot-path messages, decoding and the transport), so ``netlink.X``
+works for both.
 
-Encoding uses pyroute2's message classes (``pyroute2.netlink.nfnetlink.nftsocket``,
-loaded through :mod:`nlportmap._pyroute2`); sending, acks, error reporting and
-the cheap decoding of replies are ours.  Constants come from the kernel UAPI
+Encoding of these rare messages uses pyroute2's message classes
+(``pyroute2.netlink.nfnetlink.nftsocket``, loaded through
+:mod:`nlportmap._pyroute2`); importing this module costs pyroute2's import, so
+the per-request path imports it only when a skeleton must be (re)written.  Constants come from the kernel UAPI
 headers ``linux/netlink.h``, ``linux/netfilter/nfnetlink.h`` and
 ``linux/netfilter/nf_tables.h``; nft userspace datatype ids (used as set key
 types, which the kernel stores but does not interpret) from nftables'
@@ -19,88 +23,19 @@ errno means nothing was applied.  See ../shared/reference/netlink-notes.md §2.
 """
 from __future__ import annotations
 
-import errno as _errno
-import os
-import select
-import socket
 import struct
-import time
-from dataclasses import dataclass
+from typing import Any
 
 from .. import _pyroute2
+from .wire import *  # noqa: F403 - re-export: one namespace for builders and wire
+from .wire import _elem, _header, _marker, _nlstr  # noqa: F401 - used by tests and callers
+from .wire import (ADD, CMP_EQ, CMP_NEQ, CT_STATUS, DELRULE, DELTABLE, HOOK, IPS_DST_NAT, META_IIFNAME,
+                   META_NFPROTO, META_OIFNAME, NEWCHAIN, NEWRULE, NEWSET, NEWTABLE, NFNL_SUBSYS_NFTABLES,
+                   NFT_DATA_VERDICT, NFT_SET_MAP_FLAGS, REG_1, REG_VERDICT, RTN_LOCAL, Op)
 
 _pyroute2.load()
 
-from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES  # noqa: E402
 from pyroute2.netlink.nfnetlink import nftsocket as nfts  # noqa: E402
-
-# ------------------------------------------------------------------ constants
-NETLINK_NETFILTER = 12            # linux/netlink.h
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
-NLM_F_DUMP = 0x300
-NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x200, 0x400, 0x800
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-
-NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
-FAMILY = {4: NFPROTO_IPV4, 6: NFPROTO_IPV6}
-
-# nf_tables message types (enum nf_tables_msg_types)
-NEWTABLE, GETTABLE, DELTABLE = 0, 1, 2
-NEWCHAIN, GETCHAIN, DELCHAIN = 3, 4, 5
-NEWRULE, GETRULE, DELRULE = 6, 7, 8
-NEWSET, GETSET, DELSET = 9, 10, 11
-NEWSETELEM, GETSETELEM, DELSETELEM = 12, 13, 14
-GETGEN = 16
-
-ADD = NLM_F_CREATE | NLM_F_APPEND       # "add": idempotent for tables/chains/sets
-CREATE = NLM_F_CREATE | NLM_F_EXCL      # "create": EEXIST if present
-
-# registers (enum nft_registers)
-REG_VERDICT, REG_1 = 0, 1
-
-
-def reg32(n: int) -> int:
-    """NFT_REG32_00 + n (4-byte register n)."""
-    return 8 + n
-
-
-NFT_JUMP, NFT_GOTO, NF_DROP, NF_ACCEPT = -3, -4, 0, 1
-HOOK = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
-NFT_DATA_VERDICT = 0xFFFFFF00           # verdict-map data type (kernel, not nft's id 1)
-NFT_SET_MAP_FLAGS = {"NFT_SET_MAP"}
-
-# nft userspace datatype ids (include/datatype.h)
-T_IPV4, T_IPV6, T_PROTO, T_SERVICE = 7, 8, 12, 13
-META_IIFNAME, META_OIFNAME, META_NFPROTO, META_L4PROTO = 6, 7, 15, 16
-CT_STATUS = 2
-IPS_DST_NAT = 1 << 5                    # linux/netfilter/nf_conntrack_common.h
-RTN_LOCAL = 2
-CMP_EQ, CMP_NEQ = 0, 1
-L4PROTO = {"tcp": 6, "udp": 17, "sctp": 132}
-
-
-def concat_type(*ids: int) -> int:
-    """nft concatenated datatype id: ``(a << 6 | b) << 6 | c`` (include/datatype.h)."""
-    v = 0
-    for i in ids:
-        v = (v << 6) | i
-    return v
-
-
-def pad4(b: bytes) -> bytes:
-    """Concatenation fields are 4-byte (register) aligned."""
-    return b + b"\0" * (-len(b) % 4)
-
-
-def ip_bytes(addr: str) -> bytes:
-    """Packed address (4 or 16 bytes, network order)."""
-    return socket.inet_pton(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)
-
 
 # ---------------------------------------------------------------- expressions
 def _e(name: str, attrs: list) -> dict:
@@ -207,14 +142,35 @@ def ifname_match(which: str, name: str, negate: bool = False) -> list:
 
 
 # ------------------------------------------------------------------- messages
-Op = tuple  # (msg_type, nlm_flags, pyroute2 message)
+class Pr2Msg:
+    """A pyroute2-built nf_tables message in an op (see :mod:`nlportmap.nft.wire`)."""
+
+    __slots__ = ("msg", "family", "names")
+
+    def __init__(self, msg: Any, family: int, names: tuple[str, ...]) -> None:
+        self.msg = msg
+        self.family = family
+        self.names = names
+
+    def __getitem__(self, key: str) -> Any:
+        return self.msg[key]
+
+    def encode_op(self, mtype: int, flags: int, seq: int) -> bytes:
+        m = self.msg
+        m["header"].update(type=(NFNL_SUBSYS_NFTABLES << 8) | mtype, flags=flags, sequence_number=seq, pid=0)
+        m.encode()
+        return bytes(m.data)
 
 
-def _m(cls, family: int, attrs: list):
+_NAME_ATTRS = ("_TABLE", "_NAME", "_CHAIN", "_LIST_SET", "LIST_TABLE")
+
+
+def _m(cls: Any, family: int, attrs: list) -> Pr2Msg:
     m = cls()
     m["nfgen_family"] = family
     m["attrs"] = [list(a) for a in attrs]
-    return m
+    names = tuple(a[1] for a in attrs if a[0].endswith(_NAME_ATTRS) and isinstance(a[1], str))
+    return Pr2Msg(m, family, names)
 
 
 def table(family: int, name: str, comment: str | None = None, flags: int = ADD) -> Op:
@@ -280,417 +236,3 @@ def new_set(family: int, tbl: str, name: str, key_type: int, key_len: int,
     return NEWSET, ADD, _m(nfts.nft_set_msg, family, a)
 
 
-class RawMsg:
-    """An nf_tables message body we encode ourselves (nfgenmsg + attributes, no header).
-
-    The hot path (set elements, element gets, rule dumps) uses these: pyroute2's
-    generic NLA machinery spends ~0.2 ms per element message, most of an ADD in
-    resident mode.  The bytes are identical to pyroute2's encoding
-    (tests/unit/nft/test_fast_encoding.py compares them).  ``names`` label the
-    message in errors.
-    """
-
-    __slots__ = ("family", "names", "body")
-
-    def __init__(self, family: int, names: tuple[str, ...], attrs: bytes):
-        self.family = family
-        self.names = names
-        self.body = struct.pack("!BBH", family, 0, 0) + attrs
-
-
-def nla(atype: int, payload: bytes) -> bytes:
-    """One netlink attribute: u16 length (unpadded), u16 type, payload padded to 4."""
-    n = 4 + len(payload)
-    return struct.pack("=HH", n, atype) + payload + b"\0" * (-n % 4)
-
-
-def _nlstr(atype: int, text: str) -> bytes:
-    return nla(atype, text.encode() + b"\0")
-
-
-# NFTA_SET_ELEM_LIST_{TABLE,SET,ELEMENTS} = 1, 2, 3; NFTA_SET_ELEM_{KEY,DATA,USERDATA}
-# = 1, 2, 6; NFTA_DATA_VALUE = 1; nftnl udata TLV: u8 type (0 = comment), u8 length,
-# value (NUL-terminated).  The elements of a list are numbered 1, 2, 3... as libnftnl
-# and pyroute2 do (the kernel iterates the nest and ignores the numbers).
-def _elem(key: bytes, data: bytes | None, comment: str | None, index: int = 1) -> bytes:
-    body = nla(1, nla(1, key))
-    if data is not None:
-        body += nla(2, nla(1, data))
-    if comment:
-        c = comment.encode() + b"\0"
-        body += nla(6, bytes((0, len(c))) + c)
-    return nla(index, body)
-
-
-def elem_list(family: int, tbl: str, set_name: str, elems: bytes) -> RawMsg:
-    return RawMsg(family, (tbl, set_name), _nlstr(1, tbl) + _nlstr(2, set_name) + nla(3, elems))
-
-
-def set_elems(add: bool, family: int, tbl: str, set_name: str, items: list) -> Op:
-    """NEW/DELSETELEM for ``items`` = [(key bytes, data bytes | None, comment | None)].
-
-    Keep one message under 64 KiB (an NLA length is u16): callers split large lists.
-    """
-    els = b"".join(_elem(k, d if add else None, c if add else None, i)
-                   for i, (k, d, c) in enumerate(items, 1))
-    return (NEWSETELEM if add else DELSETELEM), (NLM_F_CREATE if add else 0), elem_list(family, tbl, set_name, els)
-
-
-def op_name(op: Op) -> str:
-    """Human name of an op for error messages, e.g. ``NEWSETELEM ip nlportmap/hostports``."""
-    mtype, _, msg = op
-    names = {v: k for k, v in globals().items() if k.isupper() and k[:3] in ("NEW", "DEL", "GET") and isinstance(v, int)}
-    if isinstance(msg, RawMsg):
-        family, parts = msg.family, list(msg.names)
-    else:
-        family = msg["nfgen_family"]
-        parts = [a[1] for a in msg["attrs"] if a[0].endswith(("_TABLE", "_NAME", "_CHAIN", "_LIST_SET", "LIST_TABLE"))
-                 and isinstance(a[1], str)]
-    fam = {2: "ip", 10: "ip6"}.get(family, str(family))
-    return f"{names.get(mtype, mtype)} {fam} {'/'.join(parts)}"
-
-
-def encode(op: Op, seq: int) -> bytes:
-    """The op as one netlink message with ``NLM_F_REQUEST|NLM_F_ACK`` and sequence ``seq``."""
-    mtype, flags, msg = op
-    if isinstance(msg, RawMsg):
-        return _header(len(msg.body), mtype, NLM_F_REQUEST | NLM_F_ACK | flags, seq) + msg.body
-    msg["header"].update(type=(NFNL_SUBSYS_NFTABLES << 8) | mtype,
-                         flags=NLM_F_REQUEST | NLM_F_ACK | flags, sequence_number=seq, pid=0)
-    msg.encode()
-    return bytes(msg.data)
-
-
-def _header(body_len: int, mtype: int, flags: int, seq: int) -> bytes:
-    return struct.pack("=IHHII", 16 + body_len, (NFNL_SUBSYS_NFTABLES << 8) | mtype, flags, seq, 0)
-
-
-def _marker(mtype: int, seq: int, genid: int | None = None) -> bytes:
-    """BATCH_BEGIN/END: nfgenmsg with res_id = NFNL_SUBSYS_NFTABLES; BEGIN may carry
-    NFNL_BATCH_GENID (attr 1, be32) so the kernel refuses a stale batch with ERESTART."""
-    body = struct.pack("!BBH", 0, 0, NFNL_SUBSYS_NFTABLES)
-    if genid is not None:
-        body += struct.pack("=HH", 8, 1) + struct.pack("!I", genid)
-    return struct.pack("=IHHII", 16 + len(body), mtype, NLM_F_REQUEST, seq, 0) + body
-
-
-# ------------------------------------------------------------------ decoding
-def attrs(buf: bytes, off: int = 0, end: int | None = None) -> dict[int, bytes]:
-    """Walk netlink attributes in ``buf[off:end]`` -> {type (without flags): payload}."""
-    out: dict[int, bytes] = {}
-    end = len(buf) if end is None else end
-    while off + 4 <= end:
-        ln, ty = struct.unpack_from("=HH", buf, off)
-        if ln < 4:
-            break
-        out[ty & 0x3FFF] = buf[off + 4: off + ln]
-        off += (ln + 3) & ~3
-    return out
-
-
-def attr_list(buf: bytes) -> list[tuple[int, bytes]]:
-    out, off = [], 0
-    while off + 4 <= len(buf):
-        ln, ty = struct.unpack_from("=HH", buf, off)
-        if ln < 4:
-            break
-        out.append((ty & 0x3FFF, buf[off + 4: off + ln]))
-        off += (ln + 3) & ~3
-    return out
-
-
-def udata_comment(b: bytes | None) -> str | None:
-    """nftnl udata TLV list (u8 type, u8 len, value) -> the comment (type 0)."""
-    if not b:
-        return None
-    off = 0
-    while off + 2 <= len(b):
-        t, ln = b[off], b[off + 1]
-        if t == 0:
-            return b[off + 2: off + 2 + ln].rstrip(b"\0").decode(errors="replace")
-        off += 2 + ln
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Elem:
-    """A set/map element as read back: raw key/data bytes and the comment."""
-    key: bytes
-    data: bytes | None
-    comment: str | None
-
-
-def parse_elems(msg: bytes) -> list[Elem]:
-    """Elements of one NEWSETELEM message (NFTA_SET_ELEM_LIST_ELEMENTS=3, NFTA_LIST_ELEM=1)."""
-    top = attrs(msg, 20)
-    out = []
-    for ty, el in attr_list(top.get(3, b"")):
-        if ty != 1:
-            continue
-        a = attrs(el)
-        key = attrs(a[1]).get(1, b"") if 1 in a else b""
-        data = attrs(a[2]).get(1) if 2 in a else None
-        out.append(Elem(key, data, udata_comment(a.get(6))))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class RuleInfo:
-    handle: int
-    comment: str | None
-
-
-# ------------------------------------------------------------------ transport
-class NftError(OSError):
-    """A transaction was refused.  ``errors`` = [(op index or -1 for the batch, errno, attr offset)]."""
-
-    def __init__(self, errors: list, names: list[str]):
-        self.errors = errors
-        i, e, off = errors[0]
-        what = "batch" if i < 0 else f"op {i} ({names[i]})"
-        super().__init__(e, f"{what}: {os.strerror(e)}" + ("" if off is None else f" (attr offset {off})"))
-
-
-class NetfilterSocket:
-    """A blocking ``NETLINK_NETFILTER`` socket with per-request deadlines.
-
-    One request in flight at a time (replies are matched by sequence number).
-    Create it in the network namespace to program: a socket's netns is fixed at
-    creation.  ``timeout`` is seconds per request.
-    """
-
-    def __init__(self, timeout: float = 5.0, sndbuf: int = 4 << 20):
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
-        try:
-            s.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-            s.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-        except OSError:
-            pass
-        for opt in (SO_SNDBUFFORCE, SO_RCVBUFFORCE):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, opt, sndbuf)
-            except OSError:
-                pass
-        s.bind((0, 0))
-        s.setblocking(False)
-        self.sock = s
-        self.timeout = timeout
-        self._seq = int.from_bytes(os.urandom(3), "little") << 4
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def next_seq(self, n: int = 1) -> int:
-        s = self._seq + 1
-        self._seq += n
-        return s
-
-    # -- receive loop -------------------------------------------------------
-    def _recv(self, deadline: float) -> bytes:
-        while True:
-            try:
-                return self.sock.recv(1 << 20)
-            except BlockingIOError:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("netlink: no answer from the kernel in time")
-                select.select([self.sock], [], [], left)
-
-    def messages(self, deadline: float):
-        """Yield (type, flags, seq, raw message) until the caller stops."""
-        while True:
-            buf = self._recv(deadline)
-            off = 0
-            while off + 16 <= len(buf):
-                ln, typ, flg, sq, _ = struct.unpack_from("=IHHII", buf, off)
-                if ln < 16:
-                    break
-                yield typ, flg, sq, buf[off: off + ln]
-                off += (ln + 3) & ~3
-
-    # -- requests -----------------------------------------------------------
-    def genid(self) -> int:
-        """NFT_MSG_GETGEN -> the netns ruleset generation (NFTA_GEN_ID, be32)."""
-        seq = self.next_seq()
-        body = struct.pack("!BBH", 0, 0, 0)
-        self.sock.send(struct.pack("=IHHII", 20, (NFNL_SUBSYS_NFTABLES << 8) | GETGEN,
-                                   NLM_F_REQUEST, seq, 0) + body)
-        for typ, _, sq, raw in self.messages(time.monotonic() + self.timeout):
-            if sq != seq:
-                continue
-            if typ == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", raw, 16)[0]
-                raise OSError(code, os.strerror(code))
-            return struct.unpack("!I", attrs(raw, 20)[1])[0]
-
-    def commit(self, ops: list, genid: int | None = None) -> None:
-        """Send ``ops`` as one atomic transaction; raise :class:`NftError` on refusal.
-
-        With ``genid`` the kernel refuses the batch (ERESTART, op index -1) if
-        the ruleset changed since that generation.
-        """
-        if not ops:
-            return
-        seq0 = self.next_seq(len(ops) + 2)
-        parts = [_marker(NFNL_MSG_BATCH_BEGIN, seq0, genid)]
-        for i, op in enumerate(ops):
-            parts.append(encode(op, seq0 + 1 + i))
-        parts.append(_marker(NFNL_MSG_BATCH_END, seq0 + len(ops) + 1))
-        self.sock.send(b"".join(parts))
-        want = set(range(seq0 + 1, seq0 + 1 + len(ops)))
-        errs = []
-        for typ, _, sq, raw in self.messages(time.monotonic() + self.timeout):
-            if typ == NLMSG_ERROR and seq0 <= sq <= seq0 + len(ops):
-                code = -struct.unpack_from("=i", raw, 16)[0]
-                bad = None
-                ea = attrs(raw, 36)  # ext-ack TLVs after the capped header
-                if 2 in ea:          # NLMSGERR_ATTR_OFFS
-                    bad = struct.unpack("=I", ea[2][:4])[0]
-                want.discard(sq)
-                if code:
-                    errs.append((sq - seq0 - 1, code, bad))
-                if sq == seq0:
-                    want.clear()
-            if not want:
-                break
-        if errs:
-            errs.sort()
-            raise NftError(errs, [op_name(o) for o in ops])
-
-    def request(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list]:
-        """Send already-encoded non-batch requests in one write; collect replies by seq.
-
-        Returns {seq: [raw messages]} where an error reply is stored as an int errno.
-        A dump ends at NLMSG_DONE; a plain get ends with its one reply.
-        """
-        self.sock.send(b"".join(reqs))
-        out: dict[int, list] = {s: [] for s in seqs}
-        pending = set(seqs)
-        for typ, flg, sq, raw in self.messages(time.monotonic() + self.timeout):
-            if sq not in pending:
-                continue
-            if typ == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", raw, 16)[0]
-                if code:
-                    out[sq] = code  # type: ignore[assignment]
-                pending.discard(sq)
-            elif typ == NLMSG_DONE:
-                pending.discard(sq)
-            else:
-                out[sq].append(raw)
-                if not flg & NLM_F_MULTI:
-                    pending.discard(sq)
-            if not pending:
-                break
-        return out
-
-    def _req(self, mtype: int, family: int, cls, a: list, dump: bool) -> tuple[bytes, int]:
-        m = _m(cls, family, a)
-        seq = self.next_seq()
-        m["header"].update(type=(NFNL_SUBSYS_NFTABLES << 8) | mtype,
-                           flags=NLM_F_REQUEST | (NLM_F_DUMP if dump else 0), sequence_number=seq)
-        m.encode()
-        return bytes(m.data), seq
-
-    def get_elems(self, queries: list[tuple[int, str, str, bytes]]) -> list:
-        """Look up single elements: queries = [(family, table, set, key)].
-
-        Returns, per query, an :class:`Elem` or None (absent, or table/set
-        missing).  All lookups go out in one write: O(len(queries)), never a dump.
-        """
-        reqs, seqs = [], []
-        for family, tbl, set_name, key in queries:
-            seq = self.next_seq()
-            body = elem_list(family, tbl, set_name, _elem(key, None, None)).body
-            reqs.append(_header(len(body), GETSETELEM, NLM_F_REQUEST, seq) + body)
-            seqs.append(seq)
-        if not reqs:
-            return []
-        res = self.request(reqs, seqs)
-        out = []
-        for seq in seqs:
-            r = res[seq]
-            if isinstance(r, int):
-                if r not in (_errno.ENOENT,):
-                    raise OSError(r, f"get set element: {os.strerror(r)}")
-                out.append(None)
-            else:
-                els = [e for raw in r for e in parse_elems(raw)]
-                out.append(els[0] if els else None)
-        return out
-
-    def _dump(self, mtype: int, family: int, cls, a: list) -> list[bytes] | None:
-        """One kernel-filtered dump: raw messages, or None when the table/chain/set is missing."""
-        raw, seq = self._req(mtype, family, cls, a, dump=True)
-        r = self.request([raw], [seq])[seq]
-        if isinstance(r, int):
-            if r == _errno.ENOENT:
-                return None
-            raise OSError(r, os.strerror(r))
-        return r
-
-    def dump_elems(self, family: int, tbl: str, set_name: str) -> list[Elem] | None:
-        """All elements of a set (None if the table/set does not exist). O(n): off the hot path."""
-        r = self._dump(GETSETELEM, family, nfts.nft_set_elem_list_msg,
-                       [("NFTA_SET_ELEM_LIST_TABLE", tbl), ("NFTA_SET_ELEM_LIST_SET", set_name)])
-        return None if r is None else [e for m in r for e in parse_elems(m)]
-
-    def dump_rules(self, family: int, tbl: str, chn: str) -> list[RuleInfo] | None:
-        """Handles and comments of one chain's rules (None if table/chain missing)."""
-        seq = self.next_seq()
-        body = struct.pack("!BBH", family, 0, 0) + _nlstr(1, tbl) + _nlstr(2, chn)  # NFTA_RULE_TABLE, _CHAIN
-        r = self.request([_header(len(body), GETRULE, NLM_F_REQUEST | NLM_F_DUMP, seq) + body], [seq])[seq]
-        if isinstance(r, int):
-            if r != _errno.ENOENT:
-                raise OSError(r, os.strerror(r))
-            r = None
-        if r is None:
-            return None
-        out = []
-        for m in r:
-            a = attrs(m, 20)
-            out.append(RuleInfo(struct.unpack("!Q", a[3])[0] if 3 in a else 0, udata_comment(a.get(7))))
-        return out
-
-    def table_inventory(self, family: int, tbl: str, sets: bool = True):
-        """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``) of a
-        table, or None if the table is missing.  A dump of its rules (and one of its sets:
-        a netlink socket runs one dump at a time), never of elements: O(1) in the number
-        of mappings."""
-        out = []
-        for mtype in ((GETRULE, GETSET) if sets else (GETRULE,)):
-            seq = self.next_seq()
-            body = struct.pack("!BBH", family, 0, 0) + _nlstr(1, tbl)  # NFTA_RULE_TABLE / NFTA_SET_TABLE
-            r = self.request([_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body], [seq])[seq]
-            if isinstance(r, int):
-                if r == _errno.ENOENT:
-                    return None
-                raise OSError(r, os.strerror(r))
-            out.append(r)
-        chains: dict[str, list] = {}
-        for m in out[0]:
-            a = attrs(m, 20)
-            chains.setdefault(a.get(2, b"").rstrip(b"\0").decode(), []).append(udata_comment(a.get(7)))
-        names = {attrs(m, 20).get(2, b"").rstrip(b"\0").decode() for m in out[1]} if sets else None
-        return chains, names
-
-    def dump_chains(self, family: int, tbl: str) -> list[str] | None:
-        """Names of the chains of one table (None if the table is missing)."""
-        r = self._dump(GETCHAIN, family, nfts.nft_chain_msg, [("NFTA_CHAIN_TABLE", tbl)])
-        if r is None:
-            return None
-        out = []
-        for m in r:
-            a = attrs(m, 20)
-            if a.get(1, b"").rstrip(b"\0").decode() == tbl and 3 in a:
-                out.append(a[3].rstrip(b"\0").decode())
-        return out
