@@ -165,7 +165,7 @@ def verify(path: str, timeout: float = 60.0) -> dict:
     env = {"CNI_COMMAND": "VERSION", "NLPORTMAP_SOCKET": "none",
            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
     try:
-        cp = subprocess.run([path], env=env, stdin=subprocess.DEVNULL, capture_output=True,
+        cp = subprocess.run([path], check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                             timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise InstallError(f"{path}: running CNI VERSION through it failed: {e}") from None
@@ -208,10 +208,9 @@ def install(bin_dir: str = "/opt/cni/bin", name: str = "portmap", force: bool = 
     ours = exists and is_launcher(path)
     unchanged = ours and _read(path) == text
     pkg = owner(path)
-    if pkg and not unchanged:
-        if not force:
-            raise InstallError(f"{path} belongs to the Debian package {pkg!r} (an upgrade of it would "
-                               f"put its own file back); not touching it (--force to overwrite anyway)")
+    if pkg and not unchanged and not force:
+        raise InstallError(f"{path} belongs to the Debian package {pkg!r} (an upgrade of it would "
+                           f"put its own file back); not touching it (--force to overwrite anyway)")
     if exists and not ours and not force:
         what = "a symlink" if os.path.islink(path) else "a file nlportmap did not write"
         raise InstallError(f"{path} is {what}; not touching it (--force to replace it)")

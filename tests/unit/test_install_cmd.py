@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def install(bindir, dpkg, name="portmap", force=False):
 
 def snapshot(path):
     st = os.lstat(path)
-    data = os.readlink(path) if os.path.islink(path) else open(path, "rb").read()
+    data = os.readlink(path) if os.path.islink(path) else Path(path).read_bytes()
     return data, st.st_mode, st.st_mtime_ns, st.st_ino
 
 
@@ -73,7 +74,7 @@ def test_an_older_launcher_of_ours_is_replaced_without_force(bindir, dpkg):
     old = bindir / "portmap"
     old.write_text(f"#!/usr/bin/python3 -IS\n{L.MARKER}, written by `python3 -m nlportmap.launcher`.\n"
                    "import sys\nsys.exit(1)\n")
-    action, out, _ = install(bindir, dpkg)
+    action, _, _ = install(bindir, dpkg)
     assert action == "replaced" and old.read_text() == L.render()
 
 
@@ -160,7 +161,7 @@ def test_package_owner_reads_dpkg_lists_with_merged_usr_aliases(tmp_path):
     (info / "containernetworking-plugins.list").write_text("/.\n/usr\n/usr/lib/cni\n/usr/lib/cni/portmap\n")
     (info / "libfoo:amd64.list").write_text("/.\n/lib/x86_64-linux-gnu/libfoo.so.1\n")
     (info / "other.md5sums").write_text("/opt/cni/bin/portmap\n")
-    o = lambda p: L.package_owner(p, info_dir=str(info))  # noqa: E731
+    o = lambda p: L.package_owner(p, info_dir=str(info))
     assert o("/usr/lib/cni/portmap") == "containernetworking-plugins"
     assert o("/lib/cni/portmap") == "containernetworking-plugins"       # /lib -> /usr/lib
     assert o("/usr/lib/cni/portmap/") == "containernetworking-plugins"
@@ -171,7 +172,8 @@ def test_package_owner_reads_dpkg_lists_with_merged_usr_aliases(tmp_path):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "nlportmap", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nlportmap", *args], check=False, capture_output=True,
+                          text=True,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
 
 
@@ -191,6 +193,7 @@ def test_cli_install_then_refusal_is_one_line_and_nonzero(bindir):
 def test_python_m_launcher_still_writes_unconditionally(bindir):
     path = bindir / "nlportmap-cni"
     path.write_bytes(b"whatever")
-    cp = subprocess.run([sys.executable, "-m", "nlportmap.launcher", str(path)], capture_output=True, text=True)
+    cp = subprocess.run([sys.executable, "-m", "nlportmap.launcher", str(path)], check=False,
+                        capture_output=True, text=True)
     assert cp.returncode == 0 and cp.stdout.strip() == str(path)
     assert L.is_launcher(str(path))
