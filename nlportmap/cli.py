@@ -6,6 +6,7 @@
 ``plan``  dry-run: decode a CNI config from stdin and print the plan and the
           objects of the transaction, changing nothing.
 ``daemon``  serve plugin requests from a resident process (see nlportmap.daemon)
+``install`` write the fast launcher into a CNI bin dir (see nlportmap.launcher)
 ``version``
 """
 from __future__ import annotations
@@ -66,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--mode", default="0600", type=_octal_mode, help="socket file permissions, octal (default 0600)")
     dm.add_argument("--max-clients", type=_positive, default=128, help="concurrent requests before refusing")
     dm.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    ins = sub.add_parser("install", help="write the fast CNI launcher (bound to this interpreter) into a CNI bin dir",
+                         description="Byte-compile the package, write the -I -S launcher bound to this "
+                                     "interpreter to DIR/NAME, and run CNI VERSION through it. Refuses to "
+                                     "replace a file it did not write or one owned by a Debian package "
+                                     "unless --force.")
+    ins.add_argument("--cni-bin-dir", default="/opt/cni/bin", metavar="DIR",
+                     help="the runtime's CNI bin dir (default: /opt/cni/bin)")
+    ins.add_argument("--name", default="portmap",
+                     help='file name = the conflist\'s "type" (default: portmap; or nlportmap)')
+    ins.add_argument("--force", action="store_true",
+                     help="replace a file nlportmap did not write, or one a Debian package owns")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -184,6 +196,14 @@ def _main(argv: list[str]) -> int:
         return cmd_list(args)
     if args.cmd == "plan":
         return cmd_plan(args)
+    if args.cmd == "install":
+        from .launcher import InstallError, install
+        try:
+            install(args.cni_bin_dir, args.name, args.force)
+        except (InstallError, OSError) as e:
+            print(f"nlportmap install: {e}", file=sys.stderr)
+            return 1
+        return 0
     if args.cmd == "daemon":
         from .daemon import main as daemon_main
         return daemon_main(args.socket, args.mode, args.max_clients, args.verbose)
