@@ -39,6 +39,7 @@ from ..errors import InternalError, InvalidConfig, KernelError
 from ..lock import netns_lock
 from ..plan import Listed, Owner, Plan
 from . import rules as R
+from .probe import ChainProbe
 
 #: Read+restore attempts when the table changed between our read and our restore.
 ATTEMPTS = 4
@@ -225,13 +226,21 @@ class IptBackend:
 
         Idempotent: missing chains/rules mean nothing to do; an unusable family
         is skipped, and with neither usable it returns 0 (upstream fails, §3.9).
+        A family where neither chain exists runs no tool at all: that is known
+        from one netlink lookup by chain name (:class:`~nlportmap.ipt.probe.ChainProbe`;
+        iptables-nft), and only a legacy ``nat`` table makes us read with
+        ``iptables-save`` as before.  So a DEL for a container that owns nothing
+        (e.g. one without portMappings) costs no exec, and one without
+        portMappings for a container that does own rules still removes them.
         Raises :class:`KernelError` only when a tool refuses a removal.
         """
         o = plan.owner
         chains = [R.dn_chain(o.network, o.container_id), R.sn_chain(o.network, o.container_id)]
         total = 0
-        with netns_lock():
+        with ChainProbe() as probe, netns_lock():
             for fam in (4, 6):
+                if not probe.may_hold(fam, chains):
+                    continue  # neither chain exists: nothing to remove, no tool run
                 total += self.teardown_chains(fam, chains, f"could not teardown {_fam_word(fam)} dnat")
         return total
 
