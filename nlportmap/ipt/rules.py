@@ -55,6 +55,7 @@ __all__ = [
     "quote", "restore_line", "restore_text", "split_rule",
     "NatTable", "parse_save", "DnatRule", "parse_dnat_rule",
     "add_lines", "teardown_lines", "check_lines", "conflicts", "installed",
+    "jump_target", "text_safe", "delete_jump_lines",
 ]
 
 #: All rules live in table ``nat`` (§3.1).
@@ -348,14 +349,65 @@ class NatTable:
         return bool(self.matching(chain, tokens))
 
     def referrers(self, target: str) -> list[tuple[str, str]]:
-        """(chain, spec) of every rule whose verdict is ``-j <target>`` / ``-g <target>``."""
-        out = []
-        for c, specs in self.chains.items():
-            for s in specs:
-                t = split_rule(s)
-                if len(t) >= 2 and t[-2] in ("-j", "-g", "--jump", "--goto") and t[-1] == target:
-                    out.append((c, s))
-        return out
+        """(chain, spec) of every rule whose verdict is ``-j <target>`` / ``-g <target>``.
+
+        Found on the saved text itself (:func:`jump_target`), not on its tokens: a
+        rule with an unquoted ``"`` (an interface name, say) is still found.
+        """
+        return [(c, s) for c, specs in self.chains.items() for s in specs if jump_target(s) == target]
+
+    def referrers_at(self, target: str) -> list[tuple[str, int, str]]:
+        """(chain, 1-based position, spec) of every rule jumping to ``target``."""
+        return [(c, i, s) for c, specs in self.chains.items() for i, s in enumerate(specs, 1)
+                if jump_target(s) == target]
+
+
+_JUMP_RE = re.compile(r"(?:^|\s)(?:-j|-g|--jump|--goto) ([^\s\"'\\]+)$")
+
+
+def jump_target(spec: str) -> str | None:
+    """The chain a saved rule jumps to (its last ``-j``/``-g`` with no target options),
+    read from the raw text: iptables-save prints interface names and other tokens
+    unquoted, so a rule holding a ``"`` or ``\\`` does not split into tokens reliably,
+    but its verdict is always last."""
+    m = _JUMP_RE.search(spec)
+    return m.group(1) if m else None
+
+
+_QUOTED_TOKEN = re.compile(r'(?:^|(?<=\s))"(?:[^"\\]|\\.)*"(?=\s|$)')
+
+
+def text_safe(spec: str) -> bool:
+    """Can ``spec`` (as iptables-save printed it) be fed back to ``iptables-restore``
+    verbatim (``-D CHAIN <spec>``)?  No when, outside whole quoted tokens (comments,
+    which save escapes), it holds a ``"`` or ``\\``: save prints e.g. ``-i eth0"x``
+    unescaped, and restore's parser would read a quote there."""
+    rest = _QUOTED_TOKEN.sub(" ", spec)
+    return '"' not in rest and "\\" not in rest and "'" not in rest
+
+
+_JUMP_RE = re.compile(r"(?:^|\s)(?:-j|-g|--jump|--goto) ([^\s\"'\\]+)$")
+
+
+def jump_target(spec: str) -> str | None:
+    """The chain a saved rule jumps to (its last ``-j``/``-g`` with no target options),
+    read from the raw text: iptables-save prints interface names and other tokens
+    unquoted, so a rule holding a ``"`` or ``\\`` does not split into tokens reliably,
+    but its verdict is always last."""
+    m = _JUMP_RE.search(spec)
+    return m.group(1) if m else None
+
+
+_QUOTED_TOKEN = re.compile(r'(?:^|(?<=\s))"(?:[^"\\]|\\.)*"(?=\s|$)')
+
+
+def text_safe(spec: str) -> bool:
+    """Can ``spec`` (as iptables-save printed it) be fed back to ``iptables-restore``
+    verbatim (``-D CHAIN <spec>``)?  No when, outside whole quoted tokens (comments,
+    which save escapes), it holds a ``"`` or ``\\``: save prints e.g. ``-i eth0"x``
+    unescaped, and restore's parser would read a quote there."""
+    rest = _QUOTED_TOKEN.sub(" ", spec)
+    return '"' not in rest and "\\" not in rest and "'" not in rest
 
 
 def parse_save(text: str, table: str = TABLE) -> NatTable:
@@ -440,12 +492,15 @@ def installed(nt: NatTable) -> list[tuple[str, tuple[str, str] | None, list[Dnat
     """Every ``CNI-DN-`` chain: (name, (network, container_id) from its entry rule or None, DNAT rules)."""
     owners: dict[str, tuple[str, str]] = {}
     for spec in nt.rules(DNAT_CHAIN):
+        target = jump_target(spec)
+        if not (target and target.startswith(DN_PREFIX)):
+            continue
         t = split_rule(spec)
-        if len(t) >= 2 and t[-2] == "-j" and t[-1].startswith(DN_PREFIX) and "--comment" in t:
+        if "--comment" in t:
             i = t.index("--comment")
             who = parse_dnat_comment(t[i + 1] if i + 1 < len(t) else None)
             if who:
-                owners.setdefault(t[-1], who)
+                owners.setdefault(target, who)
     out = []
     for name in nt.chains:
         if name.startswith(DN_PREFIX):
@@ -493,22 +548,44 @@ def add_lines(cc: ContainerChain, nt: NatTable, *, front: bool = False) -> list[
         unique(ec, toplevel_jump())
     L.append(f":{cc.name} - [0:0]")
     L += [restore_line("-A", cc.name, r) for r in cc.rules]
-    L += [f"-D {c} {s}" for c, s in nt.referrers(cc.name) if c == DNAT_CHAIN]
+    L += delete_jump_lines(NatTable({DNAT_CHAIN: nt.rules(DNAT_CHAIN)}), [cc.name])
     for i, r in enumerate(cc.entry_rules, 1):
         L.append(restore_line("-I", DNAT_CHAIN, r, pos=i) if front else restore_line("-A", DNAT_CHAIN, r))
     return L
 
 
+def delete_jump_lines(nt: NatTable, targets) -> list[str]:
+    """Restore lines deleting every rule of ``nt`` that jumps to one of ``targets``.
+
+    By saved text (``-D CHAIN <spec>``) when the text can be fed back verbatim
+    (:func:`text_safe`), else by position (``-D CHAIN <n>``, from this read; the
+    caller holds the netns lock, and these rules live in portmap's own chains,
+    where other writers only append).  Positional deletes come first, highest
+    position first per chain, so each number still points at the rule read.
+    Rules installed before tokens were validated (an unquoted ``"`` in an
+    interface name) can so always be removed: DEL never wedges on them.
+    """
+    by_pos: list[tuple[str, int]] = []
+    by_text: list[str] = []
+    for t in dict.fromkeys(targets):
+        for src, pos, spec in nt.referrers_at(t):
+            if text_safe(spec):
+                by_text.append(f"-D {src} {spec}")
+            else:
+                by_pos.append((src, pos))
+    by_pos.sort(key=lambda cp: (cp[0], -cp[1]))
+    return [f"-D {c} {p}" for c, p in by_pos] + by_text
+
+
 def teardown_lines(nt: NatTable, chains) -> list[str]:
     """Restore lines removing ``chains`` (those that exist) and every rule jumping to them.
 
-    Empty if there is nothing to remove.  Jumps are deleted first (by their
-    saved text), then each chain is declared (flushed) and deleted with ``-X``.
+    Empty if there is nothing to remove.  Jumps are deleted first
+    (:func:`delete_jump_lines`), then each chain is declared (flushed) and
+    deleted with ``-X``.
     """
-    L: list[str] = []
-    doomed = [c for c in dict.fromkeys(chains)]
-    for c in doomed:
-        L += [f"-D {src} {spec}" for src, spec in nt.referrers(c)]
+    doomed = list(dict.fromkeys(chains))
+    L = delete_jump_lines(nt, doomed)
     for c in doomed:
         if nt.has_chain(c):
             L += [f":{c} - [0:0]", restore_line("-X", c)]

@@ -110,3 +110,29 @@ def test_del_without_mappings_still_removes_what_the_container_owns(node, tmp_pa
     for tool in ("iptables-save", "ip6tables-save"):
         text = node.host.run(tool, "-t", "nat", text=True).stdout
         assert "CNI-DN-" not in text and "8301" not in text, text
+
+
+# ------------------------------------------------------------------ issue 12.6
+@pytest.mark.parametrize("token", ['eth0"x', "e\\y"], ids=["quote", "backslash"])
+def test_del_removes_rules_with_unwritable_tokens_installed_by_an_older_version(node4, token):
+    """Upstream portmap (the Debian binary) installs such a rule without complaint; so
+    did nlportmap before it validated tokens.  DEL must remove it, never wedge."""
+    from test_ipt_backend import UPSTREAM
+    maps = [port_mapping(8601, 80)]
+    conf = _conf(maps, prev_result("10.244.0.9/24"), conditionsV4=["-i", token])
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "old", "CNI_NETNS": "/run/netns/x", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/usr/lib/cni"}
+    up = dict(conf)
+    up.pop("backend")  # upstream v1.1.1 predates the option
+    cp = node4.host.run(UPSTREAM, input=json.dumps(up), env=env, check=False, text=True)
+    assert cp.returncode == 0, (cp.stdout, cp.stderr)
+    # one entry rule of another container after it: must survive
+    rc, out, err = node4.exec("ADD", _conf([port_mapping(8602, 80)], prev_result("10.244.0.8/24")), cid="keep")
+    assert rc == 0, (out, err)
+    assert "CNI-DN-" in node4.host.run("iptables-save", "-t", "nat", text=True).stdout
+    for c in (conf, _conf(maps, prev_result("10.244.0.9/24"))):  # with and without the bad tokens
+        rc, out, err = node4.exec("DEL", c, cid="old")
+        assert (rc, out) == (0, ""), (out, err)
+    text = node4.host.run("iptables-save", "-t", "nat", text=True).stdout
+    assert "8601" not in text and '"old"' not in text, text
+    assert 'id: \\"keep\\"' in text and "--dport 8602" in text, text

@@ -407,3 +407,21 @@ def test_duplicate_shared_rules_are_collapsed():
         '-I POSTROUTING 1 -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ'] + [
         "-D OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"] * 2 + [
         "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"]
+
+
+# ------------------------------------------------------------ issue 12.6: rules that do not round-trip
+def test_jump_target_and_text_safety_read_the_raw_saved_text():
+    dn = "CNI-DN-f0bca4ac77cde1bf2f3da"
+    ours = f'-m comment --comment "dnat name: \\"mynet\\" id: \\"c1\\"" -m multiport -p tcp --dports 80 -j {dn}'
+    assert (R.jump_target(ours), R.text_safe(ours)) == (dn, True)
+    for bad in (f'-i eth0"x -j {dn}', f"-i e\\y -j {dn}", f'-i "ab -j {dn}'):
+        assert (R.jump_target(bad), R.text_safe(bad)) == (dn, False), bad
+    assert R.jump_target("-p tcp -j DNAT --to-destination 10.0.0.2:80") is None
+
+
+def test_unsafe_referrers_are_deleted_by_position_highest_first():
+    dn = "CNI-DN-f0bca4ac77cde1bf2f3da"
+    nt = R.NatTable({R.DNAT_CHAIN: ["-p tcp -j CNI-DN-other", f'-i eth0"x -j {dn}', "-p udp -j CNI-DN-other",
+                                    f"-i e\\y -j {dn}", f"-p tcp -j {dn}"], dn: []})
+    assert R.teardown_lines(nt, [dn]) == [f"-D {R.DNAT_CHAIN} 4", f"-D {R.DNAT_CHAIN} 2",
+                                          f"-D {R.DNAT_CHAIN} -p tcp -j {dn}", f":{dn} - [0:0]", f"-X {dn}"]
