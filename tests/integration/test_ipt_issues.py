@@ -71,6 +71,78 @@ def node_pm(topology_factory) -> Node:
                                  pod_subnet6="fd88::/64", prefix="nlpm-iptis"))
 
 
+# ------------------------------------------------------------------ issue 16.1
+def test_rejected_dual_stack_add_leaves_no_ipv4_rules(node_pm):
+    node = node_pm
+    t = node.t
+    node.host.sysctl("net.ipv6.conf.all.forwarding", 1)
+    pod_a = t.add_pod_manual("poda", ip4="10.88.0.7", ip6="fd88::7")
+    pod_b = t.add_pod_manual("podb", ip4="10.88.0.6", ip6="fd88::6")
+    maps = [port_mapping(8190, 80)]
+    rc, out, err = node.exec("ADD", _conf(maps, prev_result(None, "fd88::7/64"), conflictPolicy="reject"),
+                             cid="pod-a")
+    assert rc == 0, (out, err)
+    before = _state(node)
+    with echo_server(pod_b, proto="tcp", port=80, reply_prefix=b"B:"), \
+            echo_server(pod_a, proto="tcp", port=80, family=6, reply_prefix=b"A:"):
+        rc, out, err = node.exec("ADD", _conf(maps, prev_result("10.88.0.6/16", "fd88::6/64"),
+                                              conflictPolicy="reject"), cid="pod-b")
+        assert rc == 1, (out, err)
+        e = _err(out)
+        assert e["code"] == 7 and 'container "pod-a"' in e["msg"], e
+        # nothing of B anywhere: not its IPv4 chain, not its DNAT, not its entry rules
+        assert _state(node) == before
+        assert "10.88.0.6" not in node.host.run("iptables-save", "-t", "nat", text=True).stdout
+        r = tcp_probe(t.client, t.host_ip4, 8190, timeout=1.0)
+        assert not r.ok or parse_echo(r.data).prefix != b"B:", r
+        # A still owns the port over IPv6
+        r6 = tcp_probe(t.client, t.host_ip6, 8190)
+        assert r6.ok and parse_echo(r6.data).prefix == b"A:", r6
+
+
+# ------------------------------------------------------------------ issue 16.2
+def test_dual_stack_add_without_ip6tables_restore_changes_nothing(node_pm, tmp_path):
+    node = node_pm
+    t = node.t
+    pod = t.add_pod_manual("pod", ip4="10.88.0.6", ip6="fd88::6")
+    path = _bin_dir(tmp_path, "no-ip6-restore", missing=("ip6tables-restore",))
+    before = _state(node)
+    maps = [port_mapping(8191, 80)]
+    with echo_server(pod, proto="tcp", port=80, reply_prefix=b"P:"):
+        rc, out, err = node.exec("ADD", _conf(maps, prev_result("10.88.0.6/16", "fd88::6/64")),
+                                 cid="pod-c", env={"PATH": path})
+        assert rc == 1, (out, err)
+        e = _err(out)
+        assert "ip6tables-restore not found in PATH" in e["msg"], e
+        assert _state(node) == before
+        assert not tcp_probe(t.client, t.host_ip4, 8191, timeout=1.0).ok
+
+
+@pytest.mark.parametrize("readd", [False, True], ids=["fresh", "re-add"])
+def test_second_family_refused_rolls_the_first_back(node_pm, tmp_path, readd):
+    """ip6tables-restore refuses (after all checks passed and IPv4 is committed):
+    IPv4 goes back to exactly what it was -- nothing (fresh ADD) or the previous
+    rules of this container (re-ADD with other mappings)."""
+    node = node_pm
+    t = node.t
+    pod = t.add_pod_manual("pod", ip4="10.88.0.6", ip6="fd88::6")
+    prev = prev_result("10.88.0.6/16", "fd88::6/64")
+    if readd:
+        rc, out, err = node.exec("ADD", _conf([port_mapping(8192, 80)], prev), cid="pod-d")
+        assert rc == 0, (out, err)
+    before = _state(node)
+    path = _bin_dir(tmp_path, "failing-ip6-restore", failing=("ip6tables-restore",))
+    with echo_server(pod, proto="tcp", port=80, reply_prefix=b"P:"):
+        rc, out, err = node.exec("ADD", _conf([port_mapping(8193, 80)], prev), cid="pod-d", env={"PATH": path})
+        assert rc == 1, (out, err)
+        assert "simulated failure" in _err(out)["msg"]
+        assert _state(node) == before
+        assert not tcp_probe(t.client, t.host_ip4, 8193, timeout=1.0).ok
+        if readd:
+            r = tcp_probe(t.client, t.host_ip4, 8192)
+            assert r.ok and parse_echo(r.data).prefix == b"P:", r
+
+
 # ------------------------------------------------------------------ issue 12.3
 @pytest.mark.parametrize("runtime_config", [None, {"portMappings": []}], ids=["no-runtimeConfig", "empty"])
 def test_del_without_mappings_runs_no_tool_when_nothing_is_owned(node4, tmp_path, runtime_config):
@@ -112,7 +184,63 @@ def test_del_without_mappings_still_removes_what_the_container_owns(node, tmp_pa
         assert "CNI-DN-" not in text and "8301" not in text, text
 
 
+# ------------------------------------------------------------------ issue 12.4
+def test_localhost_mapping_is_not_reachable_from_the_lan(node4):
+    from test_security import _mac, _send_raw
+    node = node4
+    t = node.t
+    pod = t.add_pod_manual("pod")
+    node.host.sysctl("net.ipv4.conf.eth0.route_localnet", 1)
+    node.host.sysctl("net.ipv4.conf.all.route_localnet", 1)
+    # the LAN client routes 127.0.0.1 via the node (the packets are written straight onto
+    # its eth0, so its own lo cannot take them)
+    t.client.sysctl("net.ipv4.conf.eth0.route_localnet", 1)
+    maps = [port_mapping(8053, 53, "udp", host_ip="127.0.0.1")]
+    rc, out, err = node.exec("ADD", _conf(maps, prev_result(f"{pod.ip4}/24")), cid="dns")
+    assert rc == 0, (out, err)
+    node_mac = _mac(node.host, "eth0")
+    with echo_server(pod, proto="udp", port=53) as srv:
+        _send_raw(t.client, "eth0", node_mac, t.client_ip4, "127.0.0.1", 8053, 4, b"attack")
+        time.sleep(1.0)
+        assert [h for h in srv.hits() if h.payload.startswith(b"attack")] == []
+        # localhost on the node still reaches the pod
+        r = udp_request(node.host, "127.0.0.1", 8053)
+        assert r is not None
+        # control: without the guard the same frames do get through
+        node.host.run("iptables", "-w", "-t", "raw", "-F", "CNI-HOSTPORT-LOCALNET")
+        _send_raw(t.client, "eth0", node_mac, t.client_ip4, "127.0.0.1", 8053, 2, b"control")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len([h for h in srv.hits() if h.payload.startswith(b"control")]) < 2:
+            time.sleep(0.05)
+        assert len([h for h in srv.hits() if h.payload.startswith(b"control")]) == 2
+
+
+def test_localnet_guard_is_installed_once(node4):
+    prev = prev_result("10.244.0.9/24")
+    for cid, port in (("g1", 8401), ("g2", 8402), ("g1", 8401)):
+        rc, out, err = node4.exec("ADD", _conf([port_mapping(port, 80)], prev), cid=cid)
+        assert rc == 0, (out, err)
+    raw = [ln for ln in node4.host.run("iptables-save", "-t", "raw", text=True).stdout.splitlines()
+           if ln.startswith("-A ")]
+    assert raw == ['-A PREROUTING -m comment --comment "CNI portfwd localnet guard" -j CNI-HOSTPORT-LOCALNET',
+                   '-A CNI-HOSTPORT-LOCALNET -d 127.0.0.0/8 ! -i lo -m comment '
+                   '--comment "CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces" -j DROP'], raw
+    assert "CNI-HOSTPORT-LOCALNET" not in node4.host.run("ip6tables-save", text=True).stdout
+
+
 # ------------------------------------------------------------------ issue 12.6
+@pytest.mark.parametrize("token", ['eth0"x', "e\\y", "e\x01"], ids=["quote", "backslash", "control"])
+def test_add_rejects_unwritable_condition_tokens(node4, token):
+    before = _state(node4)
+    for field in ("conditionsV4", "externalSetMarkChain"):
+        extra = {field: ["-i", token]} if field == "conditionsV4" else {field: "MARK-" + token}
+        rc, out, err = node4.exec("ADD", _conf([port_mapping(8600, 80)], prev_result("10.244.0.9/24"), **extra))
+        assert rc == 1, (out, err)
+        e = _err(out)
+        assert e["code"] == 7 and field in e["msg"], e
+    assert _state(node4) == before
+
+
 @pytest.mark.parametrize("token", ['eth0"x', "e\\y"], ids=["quote", "backslash"])
 def test_del_removes_rules_with_unwritable_tokens_installed_by_an_older_version(node4, token):
     """Upstream portmap (the Debian binary) installs such a rule without complaint; so
