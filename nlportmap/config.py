@@ -34,7 +34,9 @@ Checks upstream lacks (we add them; reference §6 item 18): ports 1-65535,
 ``protocol`` present and one of tcp/udp/sctp (case-insensitive, stored
 lower-case), ``hostIP`` a valid IP address (an empty string is stored as
 ``None``), nftables-style conditions within the grammar of
-:mod:`nlportmap.conditions`, ``conflictPolicy`` value.  On ``DEL`` these added
+:mod:`nlportmap.conditions`, no quote, backslash or control character in
+iptables-style condition tokens and ``externalSetMarkChain`` (nor whitespace
+in the latter), ``conflictPolicy`` value.  On ``DEL`` these added
 checks do not fail the command (upstream's DEL succeeds on such configs and a
 failing DEL can wedge a runtime's teardown): the offending port mapping is
 dropped, a bad conditions list is kept as a stored error that
@@ -279,6 +281,41 @@ def _mapping_problem(i: int, pm: PortMapping) -> str | None:
     return None
 
 
+def _unwritable(tok: str) -> str | None:
+    """Why ``tok`` cannot be an iptables token we write and later find again, or None."""
+    for c in tok:
+        if c == '"':
+            return "a double quote"
+        if c == "\\":
+            return "a backslash"
+        if ord(c) < 0x20 or ord(c) == 0x7F:
+            return f"a control character ({c!r})"
+    return None
+
+
+def _iptables_token_problems(conf: NetConf) -> list[str]:
+    """Tokens pasted verbatim into iptables rules (iptables-style ``conditionsV4``/
+    ``conditionsV6``, ``externalSetMarkChain``) must not hold quotes, backslashes or
+    control characters: iptables-save prints such tokens unescaped, so the rule could
+    not be read back, compared or deleted by its text (issue 12.6).  One message per
+    offending field, naming it."""
+    out = []
+    for key, tokens in (("conditionsV4", conf.conditionsV4), ("conditionsV6", conf.conditionsV6)):
+        if condition_style(tokens) != "iptables":
+            continue
+        for i, tok in enumerate(tokens):
+            why = _unwritable(tok)
+            if why:
+                out.append(f"{key}[{i}]: token {tok!r} contains {why} (not allowed in iptables rules)")
+                break
+    chain = conf.externalSetMarkChain
+    if chain is not None:
+        why = _unwritable(chain) or ("whitespace" if any(c.isspace() for c in chain) else None)
+        if why:
+            out.append(f"externalSetMarkChain: chain name {chain!r} contains {why} (not allowed in iptables rules)")
+    return out
+
+
 def parse_config(data: bytes | str | dict, command: str) -> NetConf:
     """Decode and validate the plugin configuration from stdin (reference §2.2 order).
 
@@ -369,6 +406,11 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
         else:
             raise InvalidConfig(prefix + problem)
     conf.runtimeConfig.portMappings = kept
+
+    for problem in _iptables_token_problems(conf):
+        if not lenient:
+            raise InvalidConfig(prefix + problem)
+        warnings.append(f"{problem}; ignored for DEL")
 
     cache: dict = {}
     for family, tokens in ((4, conf.conditionsV4), (6, conf.conditionsV6)):

@@ -35,10 +35,11 @@ import re
 import shutil
 import subprocess
 
-from ..errors import InternalError, InvalidConfig, KernelError
+from ..errors import CNIError, InternalError, InvalidConfig, KernelError
 from ..lock import netns_lock
 from ..plan import Listed, Owner, Plan
 from . import rules as R
+from .probe import ChainProbe
 
 #: Read+restore attempts when the table changed between our read and our restore.
 ATTEMPTS = 4
@@ -128,17 +129,25 @@ class IptBackend:
         """None if ``iptables-restore`` exists and ``iptables -t nat -S`` works (IPv4), else the reason."""
         return self.family_usable(4)
 
-    def read(self, fam: int) -> tuple[str, R.NatTable]:
-        """``iptables-save -t nat`` -> (raw text, parsed table).  Raises KernelError."""
-        cp = self._run([self.tool(fam, "-save"), "-t", R.TABLE])
+    def read(self, fam: int, table: str = R.TABLE) -> tuple[str, R.NatTable]:
+        """``iptables-save -t <table>`` -> (raw text, parsed table).  Raises KernelError."""
+        cp = self._run([self.tool(fam, "-save"), "-t", table])
         if cp.returncode != 0:
-            raise KernelError(f"{self.tool(fam, '-save')} -t nat failed (exit {cp.returncode}): {cp.stderr.strip()}")
-        return cp.stdout, R.parse_save(cp.stdout)
+            raise KernelError(f"{self.tool(fam, '-save')} -t {table} failed (exit {cp.returncode}): "
+                              f"{cp.stderr.strip()}")
+        return cp.stdout, R.parse_save(cp.stdout, table)
 
     def restore(self, fam: int, lines: list[str]) -> str | None:
-        """Run one ``iptables-restore --noflush -w`` with ``lines``; None on success, else
-        the error text (the tool's stderr, plus the offending line when it names one)."""
-        text = R.restore_text(lines)
+        """Run one ``iptables-restore --noflush -w`` with ``lines`` (table ``nat``); None on
+        success, else the error text (the tool's stderr, plus the offending line when it names one)."""
+        return self.restore_tables(fam, [(R.TABLE, lines)])
+
+    def restore_tables(self, fam: int, sections: list[tuple[str, list[str]]]) -> str | None:
+        """Like :meth:`restore`, one table section per ``(table, lines)`` with lines (each
+        table commits on its own, in order; the tool stops at the first failure)."""
+        text = "".join(R.restore_text(lines, table) for table, lines in sections if lines)
+        if not text:
+            return None
         cp = self._run([self.tool(fam, "-restore"), "--noflush", "-w"], stdin=text)
         if cp.returncode == 0:
             return None
@@ -179,37 +188,123 @@ class IptBackend:
         raise KernelError(f"{what}: gave up")  # pragma: no cover
 
     # ----------------------------------------------------------------- ADD
+    @staticmethod
+    def validate(plan: Plan) -> None:
+        """Every token this plan writes from the config can go into an ``iptables-restore``
+        line; raise :class:`InvalidConfig` naming the field it came from otherwise."""
+        fields = [(f"conditionsV{fam}", list((plan.raw_conditions or {}).get(fam) or ())) for fam in (4, 6)]
+        if plan.external_mark_chain is not None:
+            fields.append(("externalSetMarkChain", [plan.external_mark_chain]))
+        for name, tokens in fields:
+            for tok in tokens:
+                try:
+                    R.quote(tok)
+                except ValueError as e:
+                    raise InvalidConfig(f"{name}: {e}", details=name) from None
+
+    def read_state(self, fam: int) -> R.Snapshot:
+        """The tables an ADD of family ``fam`` writes: ``nat``, and for IPv4 ``raw``
+        (the localnet guard).  Raises KernelError."""
+        _, nat = self.read(fam)
+        raw = self.read(fam, R.GUARD_TABLE)[1] if fam == 4 else None
+        return R.Snapshot(nat, raw)
+
     def forward(self, plan: Plan, conflict_policy: str = "replace") -> int:
-        """Install ``plan`` (one restore per family); returns restore lines applied.
+        """Install ``plan``, all families or none; returns restore lines applied.
+
+        1. Checks for every family before anything is written: tokens renderable
+           (:meth:`validate`), the family's tools in PATH, one read of its tables,
+           and (``reject``) no host port DNATed by another container's chain.
+        2. One restore per family (IPv4 first: its ``raw`` guard, then ``nat``).
+        3. If a restore still fails (or a re-read after a race shows a new
+           conflict), every family this ADD may have touched is rolled back to
+           the snapshot taken in step 1 (:meth:`_rollback`): an ADD that fails
+           changes nothing.
 
         Raises :class:`ConflictError` (``reject`` and a port held by another
         chain), :class:`KernelError` (tool missing or restore refused: the
         message carries the tool's stderr and the offending line),
-        :class:`InvalidConfig` (a condition token that cannot be written).
+        :class:`InvalidConfig` (a token that cannot be written, naming its field).
         """
+        self.validate(plan)
+        fams = plan.families()
+        for fam in fams:
+            reason = self.tools_missing(fam)
+            if reason:
+                raise KernelError(f"failed to open iptables: {reason}")
+        ccs = {fam: R.container_chain(plan, fam) for fam in fams}
         total = 0
         with netns_lock():
-            for fam in plan.families():
-                reason = self.tools_missing(fam)
-                if reason:
-                    raise KernelError(f"failed to open iptables: {reason}")
-                cc = R.container_chain(plan, fam)
-                try:
-                    R.check_lines(cc)  # renders every token once: catches unwritable ones early
-                except ValueError as e:
-                    raise InvalidConfig(f"conditionsV{fam}: {e}") from None
-
-                def build(nt, cc=cc):
-                    clash = R.conflicts(cc, plan.forwards, nt)
-                    if clash and conflict_policy == "reject":
-                        f, chain, who = clash[0]
-                        owner = f'network "{who[0]}" container "{who[1]}"' if who else "unknown owner"
-                        raise ConflictError(f"host port already in use: {f} is DNATed by {chain} ({owner})",
-                                            details=chain)
-                    return R.add_lines(cc, nt, front=bool(clash))
-
-                total += self._apply(fam, build, "unable to setup DNAT")
+            before = {fam: self.read_state(fam) for fam in fams}
+            for fam in fams:
+                self._refuse(ccs[fam], plan, before[fam].nat, conflict_policy)
+            touched: list[int] = []
+            try:
+                for fam in fams:
+                    touched.append(fam)
+                    total += self._commit_family(fam, ccs[fam], plan, before[fam], conflict_policy)
+            except CNIError as e:
+                problems = self._rollback(touched, ccs, before)
+                if problems:
+                    raise type(e)(f"{e.msg}; rollback incomplete: {'; '.join(problems)}", e.details) from None
+                raise
         return total
+
+    @staticmethod
+    def _refuse(cc: R.ContainerChain, plan: Plan, nt: R.NatTable, conflict_policy: str) -> list:
+        """The conflicts of ``cc`` in ``nt``; raises :class:`ConflictError` under ``reject``."""
+        clash = R.conflicts(cc, plan.forwards, nt)
+        if clash and conflict_policy == "reject":
+            f, chain, who = clash[0]
+            owner = f'network "{who[0]}" container "{who[1]}"' if who else "unknown owner"
+            raise ConflictError(f"host port already in use: {f} is DNATed by {chain} ({owner})", details=chain)
+        return clash
+
+    def _commit_family(self, fam: int, cc: R.ContainerChain, plan: Plan, state: R.Snapshot,
+                       conflict_policy: str) -> int:
+        """One restore (IPv4: ``raw`` guard, then ``nat``) on top of ``state``; re-read and
+        retry while another writer keeps changing the tables."""
+        for attempt in range(ATTEMPTS):
+            clash = self._refuse(cc, plan, state.nat, conflict_policy)
+            sections = [(R.GUARD_TABLE, R.guard_lines(state.raw))] if state.raw is not None else []
+            sections.append((R.TABLE, R.add_lines(cc, state.nat, front=bool(clash))))
+            err = self.restore_tables(fam, sections)
+            if err is None:
+                return sum(len(ls) for _, ls in sections)
+            fresh = self.read_state(fam)
+            if fresh == state or attempt + 1 == ATTEMPTS:  # unchanged: not a race, a real refusal
+                raise KernelError(f"unable to setup DNAT: {err}")
+            state = fresh
+        raise KernelError("unable to setup DNAT: gave up")  # pragma: no cover
+
+    def _rollback(self, fams: list[int], ccs: dict, before: dict) -> list[str]:
+        """Put every family in ``fams`` back to its snapshot in ``before``, newest first.
+
+        Per family: re-read its tables and run one restore of
+        :func:`~nlportmap.ipt.rules.undo_lines` (``nat``: this container's entry
+        rules and chain as they were -- absent, or the previous rules verbatim at
+        their old positions -- and the shared chains/rules this ADD created
+        removed) and, for IPv4, of the guard objects this ADD created.  Nothing
+        to undo (the family's restore never committed) costs one read and no
+        restore.  Returns the problems met (empty: all rolled back).
+        """
+        problems = []
+        for fam in reversed(fams):
+            try:
+                now = self.read_state(fam)
+                sections = []
+                if now.raw is not None:
+                    sections.append((R.GUARD_TABLE, R.undo_shared_lines(before[fam].raw or R.NatTable(), now.raw,
+                                                                        *R.guard_objects())))
+                sections.append((R.TABLE, R.undo_lines(ccs[fam], before[fam].nat, now.nat)))
+                sections = [(t, ls) for t, ls in sections if ls]
+                if sections:
+                    err = self.restore_tables(fam, sections)
+                    if err:
+                        problems.append(f"{_fam_word(fam)}: {err}")
+            except KernelError as e:
+                problems.append(f"{_fam_word(fam)}: {e.msg}")
+        return problems
 
     # ----------------------------------------------------------------- DEL
     def teardown_chains(self, fam: int, chains: list[str], what: str) -> int:
@@ -225,13 +320,21 @@ class IptBackend:
 
         Idempotent: missing chains/rules mean nothing to do; an unusable family
         is skipped, and with neither usable it returns 0 (upstream fails, §3.9).
+        A family where neither chain exists runs no tool at all: that is known
+        from one netlink lookup by chain name (:class:`~nlportmap.ipt.probe.ChainProbe`;
+        iptables-nft), and only a legacy ``nat`` table makes us read with
+        ``iptables-save`` as before.  So a DEL for a container that owns nothing
+        (e.g. one without portMappings) costs no exec, and one without
+        portMappings for a container that does own rules still removes them.
         Raises :class:`KernelError` only when a tool refuses a removal.
         """
         o = plan.owner
         chains = [R.dn_chain(o.network, o.container_id), R.sn_chain(o.network, o.container_id)]
         total = 0
-        with netns_lock():
+        with ChainProbe() as probe, netns_lock():
             for fam in (4, 6):
+                if not probe.may_hold(fam, chains):
+                    continue  # neither chain exists: nothing to remove, no tool run
                 total += self.teardown_chains(fam, chains, f"could not teardown {_fam_word(fam)} dnat")
         return total
 

@@ -56,6 +56,8 @@ __all__ = [
     "quote", "restore_line", "restore_text", "split_rule",
     "NatTable", "parse_save", "DnatRule", "parse_dnat_rule",
     "add_lines", "teardown_lines", "check_lines", "conflicts", "installed",
+    "GUARD_TABLE", "LOCALNET_CHAIN", "jump_target", "text_safe", "delete_jump_lines", "shared_objects",
+    "guard_objects", "guard_lines", "undo_lines", "undo_shared_lines", "Snapshot",
 ]
 
 #: All rules live in table ``nat`` (§3.1).
@@ -64,7 +66,12 @@ TABLE = "nat"
 DNAT_CHAIN = "CNI-HOSTPORT-DNAT"
 SETMARK_CHAIN = "CNI-HOSTPORT-SETMARK"
 MASQ_CHAIN = "CNI-HOSTPORT-MASQ"
-SNAT_CHAIN = "CNI-HOSTPORT-SNAT"          # legacy entry chain of CNI-SN-<hash> (§3.2, §3.9)
+SNAT_CHAIN = "CNI-HOSTPORT-SNAT"
+#: Our own (not upstream's) IPv4 localnet guard: table, chain and comments (:func:`guard_objects`).
+GUARD_TABLE = "raw"
+LOCALNET_CHAIN = "CNI-HOSTPORT-LOCALNET"
+LOCALNET_JUMP_COMMENT = "CNI portfwd localnet guard"
+LOCALNET_COMMENT = "CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces"          # legacy entry chain of CNI-SN-<hash> (§3.2, §3.9)
 TOPLEVEL_ENTRY_CHAINS = ("PREROUTING", "OUTPUT")
 #: ``-m multiport`` takes at most 15 ports (§3.5).
 MULTIPORT_MAX = 15
@@ -331,14 +338,50 @@ class NatTable:
         return bool(self.matching(chain, tokens))
 
     def referrers(self, target: str) -> list[tuple[str, str]]:
-        """(chain, spec) of every rule whose verdict is ``-j <target>`` / ``-g <target>``."""
-        out = []
-        for c, specs in self.chains.items():
-            for s in specs:
-                t = split_rule(s)
-                if len(t) >= 2 and t[-2] in ("-j", "-g", "--jump", "--goto") and t[-1] == target:
-                    out.append((c, s))
-        return out
+        """(chain, spec) of every rule whose verdict is ``-j <target>`` / ``-g <target>``.
+
+        Found on the saved text itself (:func:`jump_target`), not on its tokens: a
+        rule with an unquoted ``"`` (an interface name, say) is still found.
+        """
+        return [(c, s) for c, specs in self.chains.items() for s in specs if jump_target(s) == target]
+
+    def referrers_at(self, target: str) -> list[tuple[str, int, str]]:
+        """(chain, 1-based position, spec) of every rule jumping to ``target``."""
+        return [(c, i, s) for c, specs in self.chains.items() for i, s in enumerate(specs, 1)
+                if jump_target(s) == target]
+
+
+_JUMP_RE = re.compile(r"(?:^|\s)(?:-j|-g|--jump|--goto) ([^\s\"'\\]+)$")
+
+
+def jump_target(spec: str) -> str | None:
+    """The chain a saved rule jumps to (its last ``-j``/``-g`` with no target options),
+    read from the raw text: iptables-save prints interface names and other tokens
+    unquoted, so a rule holding a ``"`` or ``\\`` does not split into tokens reliably,
+    but its verdict is always last."""
+    m = _JUMP_RE.search(spec)
+    return m.group(1) if m else None
+
+
+_QUOTED_TOKEN = re.compile(r'(?:^|(?<=\s))"(?:[^"\\]|\\.)*"(?=\s|$)')
+
+
+def text_safe(spec: str) -> bool:
+    """Can ``spec`` (as iptables-save printed it) be fed back to ``iptables-restore``
+    verbatim (``-D CHAIN <spec>``)?  No when, outside whole quoted tokens (comments,
+    which save escapes), it holds a ``"`` or ``\\``: save prints e.g. ``-i eth0"x``
+    unescaped, and restore's parser would read a quote there."""
+    rest = _QUOTED_TOKEN.sub(" ", spec)
+    return '"' not in rest and "\\" not in rest and "'" not in rest
+
+
+@dataclass
+class Snapshot:
+    """What one ADD of one family reads and may write: table ``nat``, and for IPv4 table
+    ``raw`` (the localnet guard; None for IPv6)."""
+
+    nat: NatTable
+    raw: NatTable | None = None
 
 
 def parse_save(text: str, table: str = TABLE) -> NatTable:
@@ -423,12 +466,15 @@ def installed(nt: NatTable) -> list[tuple[str, tuple[str, str] | None, list[Dnat
     """Every ``CNI-DN-`` chain: (name, (network, container_id) from its entry rule or None, DNAT rules)."""
     owners: dict[str, tuple[str, str]] = {}
     for spec in nt.rules(DNAT_CHAIN):
+        target = jump_target(spec)
+        if not (target and target.startswith(DN_PREFIX)):
+            continue
         t = split_rule(spec)
-        if len(t) >= 2 and t[-2] == "-j" and t[-1].startswith(DN_PREFIX) and "--comment" in t:
+        if "--comment" in t:
             i = t.index("--comment")
             who = parse_dnat_comment(t[i + 1] if i + 1 < len(t) else None)
             if who:
-                owners.setdefault(t[-1], who)
+                owners.setdefault(target, who)
     out = []
     for name in nt.chains:
         if name.startswith(DN_PREFIX):
@@ -438,6 +484,41 @@ def installed(nt: NatTable) -> list[tuple[str, tuple[str, str] | None, list[Dnat
 
 
 # ------------------------------------------------------------ restore bodies
+def shared_objects(cc: ContainerChain) -> tuple[list[str], list[tuple[str, list[str], bool]]]:
+    """(shared chains, shared rules as (chain, tokens, insert-first)) that ``cc`` needs in
+    table ``nat``, in the order :func:`add_lines` ensures them."""
+    chains: list[str] = []
+    rules: list[tuple[str, list[str], bool]] = []
+    if cc.needs_mark_chains:
+        chains += [SETMARK_CHAIN, MASQ_CHAIN]
+        rules += [(SETMARK_CHAIN, setmark_rule(cc.mark_bit), False), (MASQ_CHAIN, masq_rule(cc.mark_bit), False),
+                  ("POSTROUTING", postrouting_jump(), True)]
+    chains.append(DNAT_CHAIN)
+    rules += [(ec, toplevel_jump(), False) for ec in TOPLEVEL_ENTRY_CHAINS]
+    return chains, rules
+
+
+def _ensure(L: list[str], nt: NatTable, chains, rules) -> None:
+    """Append lines creating the absent ``chains`` and the ``rules`` ("insert unique").
+
+    Each chain is created (``-N``) just before its first rule; duplicates of a
+    rule (left by two writers racing between their check and their append --
+    upstream's own race too) are healed: all copies deleted by their saved text,
+    one re-added.
+    """
+    pending = [c for c in chains if not nt.has_chain(c)]
+    for chain, tokens, first in rules:
+        for c in [c for c in pending if c in (chain, tokens[-1])]:  # the rule is in it or jumps to it
+            L.append(restore_line("-N", c))
+            pending.remove(c)
+        have = nt.matching(chain, tokens)
+        if len(have) == 1:
+            continue
+        L.extend(f"-D {chain} {s}" for s in have)
+        L.append(restore_line("-I", chain, tokens, pos=1) if first else restore_line("-A", chain, tokens))
+    L.extend(restore_line("-N", c) for c in pending)
+
+
 def add_lines(cc: ContainerChain, nt: NatTable, *, front: bool = False) -> list[str]:
     """Restore lines (without ``*nat``/``COMMIT``) that install ``cc`` on top of ``nt``.
 
@@ -451,47 +532,121 @@ def add_lines(cc: ContainerChain, nt: NatTable, *, front: bool = False) -> list[
     lines is atomic: the chain is complete before it becomes reachable.
     """
     L: list[str] = []
-
-    def unique(chain: str, tokens: list[str], first: bool = False) -> None:
-        # "insert unique"; duplicates (left by two writers racing between their
-        # check and their append -- upstream's own race too) are healed: all
-        # copies deleted by their saved text, one re-added.
-        have = nt.matching(chain, tokens)
-        if len(have) == 1:
-            return
-        L.extend(f"-D {chain} {s}" for s in have)
-        L.append(restore_line("-I", chain, tokens, pos=1) if first else restore_line("-A", chain, tokens))
-
-    if cc.needs_mark_chains:
-        if not nt.has_chain(SETMARK_CHAIN):
-            L.append(restore_line("-N", SETMARK_CHAIN))
-        unique(SETMARK_CHAIN, setmark_rule(cc.mark_bit))
-        if not nt.has_chain(MASQ_CHAIN):
-            L.append(restore_line("-N", MASQ_CHAIN))
-        unique(MASQ_CHAIN, masq_rule(cc.mark_bit))
-        unique("POSTROUTING", postrouting_jump(), first=True)
-    if not nt.has_chain(DNAT_CHAIN):
-        L.append(restore_line("-N", DNAT_CHAIN))
-    for ec in TOPLEVEL_ENTRY_CHAINS:
-        unique(ec, toplevel_jump())
+    _ensure(L, nt, *shared_objects(cc))
     L.append(f":{cc.name} - [0:0]")
     L += [restore_line("-A", cc.name, r) for r in cc.rules]
-    L += [f"-D {c} {s}" for c, s in nt.referrers(cc.name) if c == DNAT_CHAIN]
+    L += delete_jump_lines(NatTable({DNAT_CHAIN: nt.rules(DNAT_CHAIN)}), [cc.name])
     for i, r in enumerate(cc.entry_rules, 1):
         L.append(restore_line("-I", DNAT_CHAIN, r, pos=i) if front else restore_line("-A", DNAT_CHAIN, r))
     return L
 
 
+# ------------------------------------------------------------ localnet guard (table raw, IPv4)
+def guard_objects() -> tuple[list[str], list[tuple[str, list[str], bool]]]:
+    """(chains, rules) of the localnet guard in table :data:`GUARD_TABLE` (IPv4 only).
+
+    ``PREROUTING`` (inserted first) jumps to :data:`LOCALNET_CHAIN`, which drops
+    packets to 127.0.0.0/8 that did not arrive on ``lo`` -- before conntrack and
+    before any DNAT, so a mapping on hostIP 127.0.0.1 (and any node service bound
+    to localhost, reachable once ``route_localnet=1``) cannot be reached from
+    another machine or a pod (CVE-2020-8558).  Mirrors the nft backend's
+    ``localnet_guard``.  Tokens are in iptables-save's order (idempotence).
+    """
+    rules = [("PREROUTING", ["-m", "comment", "--comment", LOCALNET_JUMP_COMMENT, "-j", LOCALNET_CHAIN], True),
+             (LOCALNET_CHAIN, ["-d", "127.0.0.0/8", "!", "-i", "lo", "-m", "comment", "--comment",
+                               LOCALNET_COMMENT, "-j", "DROP"], False)]
+    return [LOCALNET_CHAIN], rules
+
+
+def guard_lines(raw: NatTable) -> list[str]:
+    """Restore lines (table ``raw``) installing the localnet guard; empty if it is in place."""
+    L: list[str] = []
+    chains, rules = guard_objects()
+    _ensure(L, raw, chains, rules[1:] + rules[:1])  # the chain's rule before the jump to it
+    return L
+
+
+def undo_shared_lines(before: NatTable, now: NatTable, chains, rules, *, gone=(), gone_chains=()) -> list[str]:
+    """Restore lines removing the shared ``rules`` and ``chains`` that ``now`` has and
+    ``before`` had not (what one ADD created); chains only if nothing else is in or
+    jumps to them once those rules are gone.  ``gone``: (chain, spec) rules the caller
+    removes in the same restore; ``gone_chains``: chains it deletes (their rules do
+    not count as references)."""
+    L: list[str] = []
+    gone = set(gone) | {(c, sp) for c in gone_chains for sp in now.rules(c)}
+    for chain, tokens, _ in rules:
+        if before.matching(chain, tokens):
+            continue
+        for spec in now.matching(chain, tokens):
+            L.append(f"-D {chain} {spec}")
+            gone.add((chain, spec))
+    for c in chains:
+        if before.has_chain(c) or not now.has_chain(c):
+            continue
+        left = [sp for sp in now.rules(c) if (c, sp) not in gone]
+        refs = [r for r in now.referrers(c) if r not in gone and r[0] not in keep_referenced]
+        if not left and not refs:
+            L += [f":{c} - [0:0]", restore_line("-X", c)]
+    return L
+
+
+def undo_lines(cc: ContainerChain, before: NatTable, now: NatTable) -> list[str]:
+    """Restore lines (table ``nat``) putting back what ``before`` held for ``cc``'s
+    container, undoing one ADD that committed ``cc`` (``now`` read after it).
+
+    The container's entry rules in ``now`` are deleted; its chain is re-declared
+    with the rules ``before`` had (saved text, verbatim) and its old entry rules are
+    re-inserted at their old positions, or, if ``before`` had no such chain, the
+    chain is deleted; then the shared chains and rules this ADD created are removed
+    (:func:`undo_shared_lines`).  Empty if ``now`` already equals ``before`` there.
+    """
+    L: list[str] = []
+    gone_chains = set() if before.has_chain(cc.name) else {cc.name}
+    if now.has_chain(cc.name) or now.referrers(cc.name):
+        L += delete_jump_lines(now, [cc.name])
+        if before.has_chain(cc.name):
+            L.append(f":{cc.name} - [0:0]")
+            L += [f"-A {cc.name} {spec}" for spec in before.rules(cc.name)]
+            for chain, pos, spec in sorted(before.referrers_at(cc.name), key=lambda r: (r[0], r[1])):
+                L.append(f"-I {chain} {pos} {spec}")
+        elif now.has_chain(cc.name):
+            L += [f":{cc.name} - [0:0]", restore_line("-X", cc.name)]
+    L += undo_shared_lines(before, now, *shared_objects(cc), gone=now.referrers(cc.name), gone_chains=gone_chains)
+    return L
+
+
+def delete_jump_lines(nt: NatTable, targets) -> list[str]:
+    """Restore lines deleting every rule of ``nt`` that jumps to one of ``targets``.
+
+    By saved text (``-D CHAIN <spec>``) when the text can be fed back verbatim
+    (:func:`text_safe`), else by position (``-D CHAIN <n>``, from this read; the
+    caller holds the netns lock, and these rules live in portmap's own chains,
+    where other writers only append).  Positional deletes come first, highest
+    position first per chain, so each number still points at the rule read.
+    Rules installed before tokens were validated (an unquoted ``"`` in an
+    interface name) can so always be removed: DEL never wedges on them.
+    """
+    by_pos: list[tuple[str, int]] = []
+    by_text: list[str] = []
+    for t in dict.fromkeys(targets):
+        for src, pos, spec in nt.referrers_at(t):
+            if text_safe(spec):
+                by_text.append(f"-D {src} {spec}")
+            else:
+                by_pos.append((src, pos))
+    by_pos.sort(key=lambda cp: (cp[0], -cp[1]))
+    return [f"-D {c} {p}" for c, p in by_pos] + by_text
+
+
 def teardown_lines(nt: NatTable, chains) -> list[str]:
     """Restore lines removing ``chains`` (those that exist) and every rule jumping to them.
 
-    Empty if there is nothing to remove.  Jumps are deleted first (by their
-    saved text), then each chain is declared (flushed) and deleted with ``-X``.
+    Empty if there is nothing to remove.  Jumps are deleted first
+    (:func:`delete_jump_lines`), then each chain is declared (flushed) and
+    deleted with ``-X``.
     """
-    L: list[str] = []
-    doomed = [c for c in dict.fromkeys(chains)]
-    for c in doomed:
-        L += [f"-D {src} {spec}" for src, spec in nt.referrers(c)]
+    doomed = list(dict.fromkeys(chains))
+    L = delete_jump_lines(nt, doomed)
     for c in doomed:
         if nt.has_chain(c):
             L += [f":{c} - [0:0]", restore_line("-X", c)]

@@ -389,3 +389,29 @@ def test_netconf_built_directly_parses_conditions_lazily():
     assert c.parsed_conditions(4) == (Match("iifname", False, ("eth0",)),)
     with pytest.raises(InvalidConfig):
         c.parsed_conditions(6)
+
+
+@pytest.mark.parametrize("tok,why", [('eth0"x', "a double quote"), ("e\\y", "a backslash"),
+                                     ("e\x01", "a control character")])
+def test_unwritable_iptables_tokens_name_their_field(tok, why):
+    """Issue 12.6: such tokens are printed unescaped by iptables-save, so the rules could
+    not be found and deleted again; refused at ADD (code 7, naming the field), tolerated on DEL."""
+    data = cfg(backend="iptables", conditionsV4=["-i", tok])
+    e = err_of(data, "ADD")
+    assert e.msg.startswith(PREFIX + "conditionsV4[1]: token ") and why in e.msg
+    data = cfg(conditionsV6=["!", "-i", tok])
+    assert err_of(data, "ADD").msg.startswith(PREFIX + "conditionsV6[2]: ")
+    data = cfg(externalSetMarkChain="MARK-" + tok)
+    e = err_of(data, "ADD")
+    assert e.msg.startswith(PREFIX + "externalSetMarkChain: chain name ") and why in e.msg
+    assert "conditionsV4" not in e.msg
+    c = parse_config(data, "DEL")
+    assert len(c.warnings) == 1 and c.warnings[0].startswith("externalSetMarkChain: ")
+
+
+def test_nftables_style_conditions_are_not_iptables_tokens():
+    # nftables-style lists have their own grammar (quoted interface names are fine there)
+    c = parse_config(cfg(backend="nftables", conditionsV4=["iifname", '"eth0"']), "ADD")
+    assert c.warnings == ()
+    assert parse_config(cfg(externalSetMarkChain="PLZ-SET-MARK"), "ADD").externalSetMarkChain == "PLZ-SET-MARK"
+    assert "whitespace" in err_of(cfg(externalSetMarkChain="A B"), "ADD").msg

@@ -407,3 +407,81 @@ def test_duplicate_shared_rules_are_collapsed():
         '-I POSTROUTING 1 -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ'] + [
         "-D OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"] * 2 + [
         "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"]
+
+
+# ------------------------------------------------------------ issue 12.6: rules that do not round-trip
+def test_jump_target_and_text_safety_read_the_raw_saved_text():
+    dn = "CNI-DN-f0bca4ac77cde1bf2f3da"
+    ours = f'-m comment --comment "dnat name: \\"mynet\\" id: \\"c1\\"" -m multiport -p tcp --dports 80 -j {dn}'
+    assert (R.jump_target(ours), R.text_safe(ours)) == (dn, True)
+    for bad in (f'-i eth0"x -j {dn}', f"-i e\\y -j {dn}", f'-i "ab -j {dn}'):
+        assert (R.jump_target(bad), R.text_safe(bad)) == (dn, False), bad
+    assert R.jump_target("-p tcp -j DNAT --to-destination 10.0.0.2:80") is None
+
+
+def test_unsafe_referrers_are_deleted_by_position_highest_first():
+    dn = "CNI-DN-f0bca4ac77cde1bf2f3da"
+    nt = R.NatTable({R.DNAT_CHAIN: ["-p tcp -j CNI-DN-other", f'-i eth0"x -j {dn}', "-p udp -j CNI-DN-other",
+                                    f"-i e\\y -j {dn}", f"-p tcp -j {dn}"], dn: []})
+    assert R.teardown_lines(nt, [dn]) == [f"-D {R.DNAT_CHAIN} 4", f"-D {R.DNAT_CHAIN} 2",
+                                          f"-D {R.DNAT_CHAIN} -p tcp -j {dn}", f":{dn} - [0:0]", f"-X {dn}"]
+
+
+# ------------------------------------------------------------ issue 12.4: localnet guard
+def test_guard_lines_create_once():
+    lines = R.guard_lines(R.NatTable())
+    assert lines == [
+        "-N CNI-HOSTPORT-LOCALNET",
+        '-A CNI-HOSTPORT-LOCALNET -d 127.0.0.0/8 ! -i lo -m comment --comment '
+        '"CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces" -j DROP',
+        '-I PREROUTING 1 -m comment --comment "CNI portfwd localnet guard" -j CNI-HOSTPORT-LOCALNET']
+    saved = R.parse_save("*raw\n:PREROUTING ACCEPT [0:0]\n:CNI-HOSTPORT-LOCALNET - [0:0]\n"
+                         + "".join(ln.replace("-I PREROUTING 1", "-A PREROUTING") + "\n" for ln in lines[1:])
+                         + "COMMIT\n", "raw")
+    assert R.guard_lines(saved) == []
+
+
+# ------------------------------------------------------------ issue 16: undo of one ADD
+def _saved(lines):
+    return R.parse_save("*nat\n" + "".join(ln + "\n" for ln in lines) + "COMMIT\n")
+
+
+def test_undo_of_a_first_add_removes_everything_it_created():
+    p = plan([pm(8080, 80)], {4: "10.0.0.2/24"}, network="mynet", cid="c1")
+    cc = R.container_chain(p, 4)
+    before = R.NatTable({"PREROUTING": [], "OUTPUT": [], "POSTROUTING": []})
+    # "now" as if add_lines had been applied (texts as our tokens render them)
+    now = _saved([":PREROUTING ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]"]
+                 + [ln.replace("-I POSTROUTING 1", "-A POSTROUTING") if not ln.startswith("-N") else
+                    ":" + ln[3:] + " - [0:0]" for ln in R.add_lines(cc, before) if not ln.startswith(":")]
+                 + [f":{cc.name} - [0:0]"])
+    undo = R.undo_lines(cc, before, now)
+    after = R.NatTable({c: list(r) for c, r in now.chains.items()})
+    for ln in undo:  # replay the undo on the parsed table
+        op, rest = ln.split(" ", 1) if not ln.startswith(":") else (":", ln[1:].split()[0])
+        if op == "-D":
+            c, spec = rest.split(" ", 1)
+            after.chains[c].remove(spec)
+        elif op == ":":
+            after.chains[rest] = []
+        elif op == "-X":
+            del after.chains[rest]
+    assert after == before
+
+
+def test_undo_of_a_readd_restores_the_previous_rules_at_their_positions():
+    dn = R.dn_chain("mynet", "c1")
+    p = plan([pm(8081, 80)], {4: "10.0.0.2/24"}, network="mynet", cid="c1", snat=False)
+    cc = R.container_chain(p, 4)
+    old_rule = "-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:80"
+    old_entry = f'-m comment --comment "dnat name: \\"mynet\\" id: \\"c1\\"" -p tcp -m multiport --dports 8080 -j {dn}'
+    other = '-m comment --comment "dnat name: \\"mynet\\" id: \\"c2\\"" -p tcp -m multiport --dports 9 -j CNI-DN-x'
+    jumps = ["-m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT"]
+    before = R.NatTable({"PREROUTING": jumps, "OUTPUT": jumps, R.DNAT_CHAIN: [other, old_entry], dn: [old_rule],
+                         "CNI-DN-x": []})
+    new_entry = old_entry.replace("8080", "8081")
+    now = R.NatTable({"PREROUTING": jumps, "OUTPUT": jumps, R.DNAT_CHAIN: [other, new_entry],
+                      dn: [old_rule.replace("8080", "8081")], "CNI-DN-x": []})
+    assert R.undo_lines(cc, before, now) == [
+        f"-D {R.DNAT_CHAIN} {new_entry}", f":{dn} - [0:0]", f"-A {dn} {old_rule}",
+        f"-I {R.DNAT_CHAIN} 2 {old_entry}"]
