@@ -34,7 +34,8 @@ Checks upstream lacks (we add them; reference §6 item 18): ports 1-65535,
 ``protocol`` present and one of tcp/udp/sctp (case-insensitive, stored
 lower-case), ``hostIP`` a valid IP address (an empty string is stored as
 ``None``), nftables-style conditions within the grammar of
-:mod:`nlportmap.conditions`, ``conflictPolicy`` value.  On ``DEL`` these added
+:mod:`nlportmap.conditions`, ``conflictPolicy`` value, ``serviceProxyInterfaces``
+entries (Linux interface names).  On ``DEL`` these added
 checks do not fail the command (upstream's DEL succeeds on such configs and a
 failing DEL can wedge a runtime's teardown): the offending port mapping is
 dropped, a bad conditions list is kept as a stored error that
@@ -54,7 +55,7 @@ from .gojson import canonical_keys, json_type
 __all__ = [
     "PortMapping", "RuntimeConfig", "Attachment", "IPAM", "DNS", "NetConf",
     "parse_config", "check_backend_conflict", "backend_specific_options", "condition_style",
-    "DEFAULT_MARK_BIT", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
+    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
 ]
 
 #: Default masquerade mark bit (upstream ``DefaultMarkBit``; Kubernetes uses 14/15, Calico 20-31).
@@ -67,6 +68,11 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 CONFLICT_POLICIES = ("replace", "reject")
 #: Valid TCP/UDP/SCTP port range (host byte order).
 PORT_MIN, PORT_MAX = 1, 65535
+#: Default ``serviceProxyInterfaces``: kube-proxy's IPVS dummy and kube-router's
+#: (nlportmap.proxyvips.DEFAULT_INTERFACES, repeated here to keep that module out of config imports).
+DEFAULT_SERVICE_PROXY_INTERFACES = ("kube-ipvs0", "kube-dummy-if")
+#: Longest interface name in bytes: IFNAMSIZ (16, include/uapi/linux/if.h) minus the NUL.
+IFNAME_MAX = 15
 
 _VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 #: libcni also sends the list under this historic (typo) key; used only as a fallback.
@@ -148,6 +154,10 @@ class NetConf(msgspec.Struct, dict=True):
     hostPortListeners: str | None = None
     #: process names whose listening sockets are runtime placeholders (default: listeners.RUNTIME_PLACEHOLDERS)
     runtimeListenerProcesses: list[str] | None = None
+    #: interfaces where a service proxy puts its virtual IPs (ClusterIPs in IPVS mode); their
+    #: addresses do not count as the node's: mappings without hostIP never DNAT them.
+    #: None = :data:`DEFAULT_SERVICE_PROXY_INTERFACES`; [] = no exclusion (nftables backend)
+    serviceProxyInterfaces: list[str] | None = None
     #: JSON key ``cni.dev/valid-attachments`` (GC input; not a Python identifier)
     valid_attachments: list[Attachment] | None = msgspec.field(default=None, name=_VALID_ATTACHMENTS)
     capabilities: dict[str, bool] | None = None
@@ -158,6 +168,13 @@ class NetConf(msgspec.Struct, dict=True):
     def mark_bit(self) -> int:
         """Effective masquerade mark bit: ``markMasqBit`` or :data:`DEFAULT_MARK_BIT`."""
         return DEFAULT_MARK_BIT if self.markMasqBit is None else self.markMasqBit
+
+    @property
+    def service_proxy_interfaces(self) -> tuple[str, ...]:
+        """Effective ``serviceProxyInterfaces``: the list given, else the default."""
+        if self.serviceProxyInterfaces is None:
+            return DEFAULT_SERVICE_PROXY_INTERFACES
+        return tuple(self.serviceProxyInterfaces)
 
     @property
     def conflict_policy(self) -> str:
@@ -413,6 +430,20 @@ def _mapping_problem(i: int, pm: PortMapping) -> str | None:
     return None
 
 
+def _ifname_problem(i: int, name: str) -> str | None:
+    """Why ``serviceProxyInterfaces[i]`` cannot be a Linux interface name (the kernel's
+    ``dev_valid_name``: 1-15 bytes, not ``.``/``..``, no ``/``, ``:``, whitespace or NUL)."""
+    where = f"serviceProxyInterfaces[{i}]"
+    if not name or name in (".", ".."):
+        return f'{where}: invalid interface name "{name}"'
+    if len(name.encode()) > IFNAME_MAX:
+        return f'{where}: interface name "{name}" is longer than {IFNAME_MAX} bytes'
+    if any(c in "/:\0" or c.isspace() for c in name):
+        return (f"{where}: invalid interface name {name!r} "
+                f"(no '/', ':', whitespace or NUL)")
+    return None
+
+
 def parse_config(data: bytes | str | dict, command: str) -> NetConf:
     """Decode and validate the plugin configuration from stdin (reference §2.2 order).
 
@@ -431,7 +462,7 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
     ``Invalid container port number: <n> (...)`` then
     ``Invalid host port number: <n> (...)``; then our added checks: per mapping
     port upper bounds, protocol, hostIP; nftables-style conditions;
-    ``conflictPolicy``.
+    ``conflictPolicy``; ``hostPortListeners``; ``serviceProxyInterfaces``.
 
     Raises :class:`~nlportmap.errors.DecodeFailure` (6) or
     :class:`~nlportmap.errors.InvalidConfig` (7) as described in the module
@@ -525,6 +556,14 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
                 raise InvalidConfig(prefix + problem)
             warnings.append(f"{problem}; {fallback}")
             setattr(conf, field, None)
+
+    for i, name in enumerate(conf.serviceProxyInterfaces or ()):
+        problem = _ifname_problem(i, name)
+        if problem is None:
+            continue
+        if not lenient:
+            raise InvalidConfig(prefix + problem)
+        warnings.append(f"{problem}; ignored for DEL")  # DEL does not use the list
 
     conf.__dict__["_warnings"] = tuple(warnings)
     return conf

@@ -152,6 +152,12 @@ class Plan:
     #: host-side keys (family, proto, host_ip|None, host_port) for BOTH families,
     #: computed from portMappings alone: DEL finds its elements even without prevResult
     host_keys: tuple[tuple[int, str, str | None, int], ...] = ()
+    #: {4: [packed addresses], 6: [...]} on the service proxy's interfaces
+    #: (``serviceProxyInterfaces``, read by :func:`nlportmap.proxyvips.proxy_addresses`):
+    #: the nftables backend makes its ``proxy_vips`` set exactly these in ADD's batch.
+    #: None: not read, the set is left as it is.  Filled in by the caller (it is kernel
+    #: state, and make_plan is pure).
+    proxy_vips: dict | None = None
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))
