@@ -55,7 +55,8 @@ from .gojson import canonical_keys, json_type
 __all__ = [
     "PortMapping", "RuntimeConfig", "Attachment", "IPAM", "DNS", "NetConf",
     "parse_config", "check_backend_conflict", "backend_specific_options", "condition_style",
-    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
+    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "BACKENDS", "PROTOCOLS",
+    "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
 ]
 
 #: Default masquerade mark bit (upstream ``DefaultMarkBit``; Kubernetes uses 14/15, Calico 20-31).
@@ -68,8 +69,8 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 CONFLICT_POLICIES = ("replace", "reject")
 #: Valid TCP/UDP/SCTP port range (host byte order).
 PORT_MIN, PORT_MAX = 1, 65535
-#: Default ``serviceProxyInterfaces``: kube-proxy's IPVS dummy and kube-router's
-#: (nlportmap.proxyvips.DEFAULT_INTERFACES, repeated here to keep that module out of config imports).
+#: Default ``serviceProxyInterfaces``: where kube-proxy (IPVS mode) and kube-router put
+#: Service ClusterIPs (dummy interfaces; see nlportmap.proxyvips).
 DEFAULT_SERVICE_PROXY_INTERFACES = ("kube-ipvs0", "kube-dummy-if")
 #: Longest interface name in bytes: IFNAMSIZ (16, include/uapi/linux/if.h) minus the NUL.
 IFNAME_MAX = 15

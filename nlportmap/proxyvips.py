@@ -23,10 +23,10 @@ thread's network namespace.
 import _socket
 import struct
 
-__all__ = ["DEFAULT_INTERFACES", "proxy_addresses"]
+__all__ = ["proxy_addresses"]
 
-#: kube-proxy (IPVS mode) and kube-router put Service ClusterIPs on these.
-DEFAULT_INTERFACES = ("kube-ipvs0", "kube-dummy-if")
+# Which interfaces to read is configuration: serviceProxyInterfaces, default
+# nlportmap.config.DEFAULT_SERVICE_PROXY_INTERFACES (kube-ipvs0, kube-dummy-if).
 
 # linux/netlink.h
 NETLINK_ROUTE = 0
