@@ -168,6 +168,6 @@ def test_import_is_lean():
     """A lean exec path imports this module: nothing beyond _socket and struct."""
     code = ("import sys; before = set(sys.modules); import nlportmap.proxyvips; "
             "print(' '.join(sorted(set(sys.modules) - before)))")
-    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-S", "-B", "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": ":".join(p for p in sys.path if p)}).stdout.split()
     assert set(out) <= {"nlportmap", "nlportmap.proxyvips", "_socket", "struct", "_struct"}, out
