@@ -36,7 +36,8 @@ lower-case), ``hostIP`` a valid IP address (an empty string is stored as
 ``None``), nftables-style conditions within the grammar of
 :mod:`nlportmap.conditions`, no quote, backslash or control character in
 iptables-style condition tokens and ``externalSetMarkChain`` (nor whitespace
-in the latter), ``conflictPolicy`` value.  On ``DEL`` these added
+in the latter), ``conflictPolicy`` value, ``serviceProxyInterfaces`` entries
+(Linux interface names).  On ``DEL`` these added
 checks do not fail the command (upstream's DEL succeeds on such configs and a
 failing DEL can wedge a runtime's teardown): the offending port mapping is
 dropped, a bad conditions list is kept as a stored error that
@@ -52,15 +53,17 @@ import msgspec
 
 from .errors import CNIError, DecodeFailure, InvalidConfig
 from .gojson import canonical_keys, json_type
-from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, LEGACY_ATTACHMENTS, LISTENER_POLICIES,
-                      PORT_MAX, PORT_MIN, PROTOCOLS, VALID_ATTACHMENTS, ConfMixin, backend_specific_options,
+from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, DEFAULT_SERVICE_PROXY_INTERFACES,
+                      LEGACY_ATTACHMENTS, LISTENER_POLICIES, PORT_MAX, PORT_MIN, PROTOCOLS, VALID_ATTACHMENTS,
+                      ConfMixin, backend_specific_options, ifname_problem,
                       check_backend_conflict, command_prefix, condition_style, conflict_error,
                       parse_family_conditions)
 
 __all__ = [
     "PortMapping", "RuntimeConfig", "Attachment", "IPAM", "DNS", "NetConf",
     "parse_config", "check_backend_conflict", "backend_specific_options", "condition_style",
-    "DEFAULT_MARK_BIT", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
+    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "BACKENDS", "PROTOCOLS",
+    "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
 ]
 
 _VALID_ATTACHMENTS = VALID_ATTACHMENTS
@@ -142,6 +145,10 @@ class NetConf(msgspec.Struct, ConfMixin, dict=True):
     hostPortListeners: str | None = None
     #: process names whose listening sockets are runtime placeholders (default: listeners.RUNTIME_PLACEHOLDERS)
     runtimeListenerProcesses: list[str] | None = None
+    #: interfaces where a service proxy puts its virtual IPs (ClusterIPs in IPVS mode); their
+    #: addresses do not count as the node's: mappings without hostIP never DNAT them.
+    #: None = :data:`DEFAULT_SERVICE_PROXY_INTERFACES`; [] = no exclusion (nftables backend)
+    serviceProxyInterfaces: list[str] | None = None
     #: JSON key ``cni.dev/valid-attachments`` (GC input; not a Python identifier)
     valid_attachments: list[Attachment] | None = msgspec.field(default=None, name=_VALID_ATTACHMENTS)
     capabilities: dict[str, bool] | None = None
@@ -334,7 +341,7 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
     ``Invalid container port number: <n> (...)`` then
     ``Invalid host port number: <n> (...)``; then our added checks: per mapping
     port upper bounds, protocol, hostIP; nftables-style conditions;
-    ``conflictPolicy``.
+    ``conflictPolicy``; ``hostPortListeners``; ``serviceProxyInterfaces``.
 
     Raises :class:`~nlportmap.errors.DecodeFailure` (6) or
     :class:`~nlportmap.errors.InvalidConfig` (7) as described in the module
@@ -433,6 +440,14 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
                 raise InvalidConfig(prefix + problem)
             warnings.append(f"{problem}; {fallback}")
             setattr(conf, field, None)
+
+    for i, name in enumerate(conf.serviceProxyInterfaces or ()):
+        problem = ifname_problem(i, name)
+        if problem is None:
+            continue
+        if not lenient:
+            raise InvalidConfig(prefix + problem)
+        warnings.append(f"{problem}; ignored for DEL")  # DEL does not use the list
 
     conf.__dict__["_warnings"] = tuple(warnings)
     return conf

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
 __all__ = [
-    "DEFAULT_MARK_BIT", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "LISTENER_POLICIES", "PORT_MIN",
+    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "IFNAME_MAX", "ifname_problem", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "LISTENER_POLICIES", "PORT_MIN",
     "PORT_MAX", "VALID_ATTACHMENTS", "LEGACY_ATTACHMENTS", "TOP_KEYS", "MAPPING_KEYS",
     "ConfMixin", "FastConf", "decode_fast", "condition_style", "backend_specific_options",
     "check_backend_conflict", "conflict_error", "command_prefix",
@@ -46,6 +46,11 @@ CONFLICT_POLICIES = ("replace", "reject")
 LISTENER_POLICIES = ("ignore", "reject")
 #: Valid TCP/UDP/SCTP port range (host byte order).
 PORT_MIN, PORT_MAX = 1, 65535
+#: Default ``serviceProxyInterfaces``: where kube-proxy (IPVS mode) and kube-router put
+#: Service ClusterIPs (dummy interfaces; see nlportmap.proxyvips).
+DEFAULT_SERVICE_PROXY_INTERFACES = ("kube-ipvs0", "kube-dummy-if")
+#: Longest interface name in bytes: IFNAMSIZ (16, include/uapi/linux/if.h) minus the NUL.
+IFNAME_MAX = 15
 
 VALID_ATTACHMENTS = "cni.dev/valid-attachments"
 #: libcni also sends the list under this historic (typo) key; used only as a fallback.
@@ -55,7 +60,8 @@ LEGACY_ATTACHMENTS = "cni.dev/attachments"
 #: with the msgspec struct's fields).
 TOP_KEYS = ("cniVersion", "name", "type", "backend", "snat", "masqAll", "markMasqBit",
             "externalSetMarkChain", "conditionsV4", "conditionsV6", "runtimeConfig", "prevResult",
-            "conflictPolicy", "hostPortListeners", "runtimeListenerProcesses", VALID_ATTACHMENTS,
+            "conflictPolicy", "hostPortListeners", "runtimeListenerProcesses", "serviceProxyInterfaces",
+            VALID_ATTACHMENTS,
             "capabilities", "ipam", "dns")
 MAPPING_KEYS = ("hostPort", "containerPort", "protocol", "hostIP")
 
@@ -97,6 +103,7 @@ class ConfMixin:
     if TYPE_CHECKING:
         markMasqBit: int | None
         conflictPolicy: str | None
+        serviceProxyInterfaces: list[str] | None
         conditionsV4: list[str] | None
         conditionsV6: list[str] | None
         prevResult: dict[str, Any] | None
@@ -108,6 +115,13 @@ class ConfMixin:
     def mark_bit(self) -> int:
         """Effective masquerade mark bit: ``markMasqBit`` or :data:`DEFAULT_MARK_BIT`."""
         return DEFAULT_MARK_BIT if self.markMasqBit is None else self.markMasqBit
+
+    @property
+    def service_proxy_interfaces(self) -> tuple[str, ...]:
+        """Effective ``serviceProxyInterfaces``: the list given, else the default."""
+        if self.serviceProxyInterfaces is None:
+            return DEFAULT_SERVICE_PROXY_INTERFACES
+        return tuple(self.serviceProxyInterfaces)
 
     @property
     def conflict_policy(self) -> str:
@@ -164,6 +178,20 @@ class ConfMixin:
             return {4: None, 6: None}
         from .result import container_ips
         return container_ips(echo, ifname)
+
+
+def ifname_problem(i: int, name: str) -> str | None:
+    """Why ``serviceProxyInterfaces[i]`` cannot be a Linux interface name (the kernel's
+    ``dev_valid_name``: 1-15 bytes, not ``.``/``..``, no ``/``, ``:``, whitespace or NUL)."""
+    where = f"serviceProxyInterfaces[{i}]"
+    if not name or name in (".", ".."):
+        return f'{where}: invalid interface name "{name}"'
+    if len(name.encode()) > IFNAME_MAX:
+        return f'{where}: interface name "{name}" is longer than {IFNAME_MAX} bytes'
+    if any(c in "/:\0" or c.isspace() for c in name):
+        return (f"{where}: invalid interface name {name!r} "
+                f"(no '/', ':', whitespace or NUL)")
+    return None
 
 
 def backend_specific_options(conf: Any) -> dict[str, list[str]]:
@@ -236,7 +264,8 @@ class FastConf(ConfMixin):
 
     __slots__ = ("__dict__", "cniVersion", "name", "type", "backend", "snat", "masqAll", "markMasqBit",
                  "externalSetMarkChain", "conditionsV4", "conditionsV6", "runtimeConfig", "prevResult",
-                 "conflictPolicy", "hostPortListeners", "runtimeListenerProcesses", "valid_attachments")
+                 "conflictPolicy", "hostPortListeners", "runtimeListenerProcesses", "serviceProxyInterfaces",
+                 "valid_attachments")
 
 
 class _Defer(Exception):
@@ -321,7 +350,7 @@ def decode_fast(obj: object, command: str) -> FastConf | None:
 _SIMPLE = {"cniVersion": _str, "name": _str, "type": _str, "backend": _str, "snat": _bool,
            "masqAll": _bool, "markMasqBit": _int, "externalSetMarkChain": _str, "conflictPolicy": _str,
            "hostPortListeners": _str, "conditionsV4": _str_list, "conditionsV6": _str_list,
-           "runtimeListenerProcesses": _str_list}
+           "runtimeListenerProcesses": _str_list, "serviceProxyInterfaces": _str_list}
 
 
 def _decode(obj: dict, command: str) -> FastConf:
@@ -336,7 +365,8 @@ def _decode(obj: dict, command: str) -> FastConf:
                                  "masqAll": False, "markMasqBit": None, "externalSetMarkChain": None,
                                  "conditionsV4": None, "conditionsV6": None, "prevResult": None,
                                  "conflictPolicy": None, "hostPortListeners": None,
-                                 "runtimeListenerProcesses": None, "valid_attachments": None}
+                                 "runtimeListenerProcesses": None, "serviceProxyInterfaces": None,
+                                 "valid_attachments": None}
     mappings: list[FastMapping] = []
     for key, value in top.items():
         check = _SIMPLE.get(key)
@@ -390,13 +420,18 @@ def _decode(obj: dict, command: str) -> FastConf:
             from .addr import parse_ip
             parse_ip(m.hostIP)  # ValueError defers
         m.protocol = proto
-    if condition_style(c.conditionsV4) == "nftables" or condition_style(c.conditionsV6) == "nftables":
-        raise _Defer  # parsing them needs the conditions grammar: the decoder of record does it
+    if condition_style(c.conditionsV4) or condition_style(c.conditionsV6) or c.externalSetMarkChain is not None:
+        # nftables conditions need the conditions grammar, iptables tokens their own checks,
+        # and either selects work (the grammar, iptables-restore) that dwarfs decoding
+        raise _Defer
     d["_conditions"] = {4: (), 6: ()}
     if c.conflictPolicy is not None and c.conflictPolicy not in CONFLICT_POLICIES:
         raise _Defer
     if c.hostPortListeners is not None and c.hostPortListeners not in LISTENER_POLICIES:
         raise _Defer
+    for i, name in enumerate(c.serviceProxyInterfaces or ()):
+        if ifname_problem(i, name):
+            raise _Defer
     d["_warnings"] = ()
     return c
 

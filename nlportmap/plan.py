@@ -30,6 +30,14 @@ class _Record:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
+    def replace(self, **changes: object) -> "_Record":
+        """A copy with ``changes`` applied (``dataclasses.replace``)."""
+        new = object.__new__(type(self))
+        new._init(**{k: changes.pop(k, getattr(self, k)) for k in self.__slots__})
+        if changes:
+            raise TypeError(f"unknown fields {sorted(changes)}")
+        return new
+
     def _astuple(self) -> tuple:
         return tuple(getattr(self, k) for k in self.__slots__)
 
@@ -176,12 +184,16 @@ class Plan(_Record):
     addresses with prefix, as found in prevResult (iptables hairpin uses them);
     ``all_mappings``: all mappings of the config, in order (the iptables entry rules need
     even skipped ones); ``host_keys``: (family, proto, host_ip|None, host_port) for BOTH
-    families, from portMappings alone, so DEL finds its elements even without prevResult.
+    families, from portMappings alone, so DEL finds its elements even without prevResult;
+    ``proxy_vips``: {4: [packed addresses], 6: [...]} on the service proxy's interfaces
+    (``serviceProxyInterfaces``, read by :func:`nlportmap.proxyvips.proxy_addresses`): the
+    nftables backend makes its ``proxy_vips`` set exactly these in ADD's batch; None: not
+    read, the set is left as it is.  Filled in by the caller (kernel state; make_plan is pure).
     """
 
     __slots__ = ("owner", "forwards", "masqs", "conditions", "raw_conditions", "snat", "masq_all",
                  "mark_bit", "external_mark_chain", "conntrack_flush", "route_localnet_ip",
-                 "container_cidrs", "all_mappings", "host_keys")
+                 "container_cidrs", "all_mappings", "host_keys", "proxy_vips")
     owner: Owner
     forwards: tuple[Forward, ...]
     masqs: tuple[Masq, ...]
@@ -196,18 +208,20 @@ class Plan(_Record):
     container_cidrs: dict
     all_mappings: tuple
     host_keys: tuple[tuple[int, str, str | None, int], ...]
+    proxy_vips: dict | None
 
     def __init__(self, owner: Owner, forwards: tuple[Forward, ...] = (), masqs: tuple[Masq, ...] = (),
                  conditions: dict | None = None, raw_conditions: dict | None = None, snat: bool = True,
                  masq_all: bool = False, mark_bit: int = 13, external_mark_chain: str | None = None,
                  conntrack_flush: tuple[tuple[int, str, int], ...] = (), route_localnet_ip: str | None = None,
                  container_cidrs: dict | None = None, all_mappings: tuple = (),
-                 host_keys: tuple[tuple[int, str, str | None, int], ...] = ()) -> None:
+                 host_keys: tuple[tuple[int, str, str | None, int], ...] = (),
+                 proxy_vips: dict | None = None) -> None:
         self._init(owner=owner, forwards=forwards, masqs=masqs, conditions=conditions or {},
                    raw_conditions=raw_conditions or {}, snat=snat, masq_all=masq_all, mark_bit=mark_bit,
                    external_mark_chain=external_mark_chain, conntrack_flush=conntrack_flush,
                    route_localnet_ip=route_localnet_ip, container_cidrs=container_cidrs or {},
-                   all_mappings=all_mappings, host_keys=host_keys)
+                   all_mappings=all_mappings, host_keys=host_keys, proxy_vips=proxy_vips)
 
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))

@@ -111,7 +111,7 @@ class NftBackend:
         chains, sets = inv
         conds = plan.conditions.get(fam)
         fp = L.fingerprint(fam, conds)
-        out = [f"{where}: set {s} missing" for s in L.SETS if sets is not None and s not in sets]
+        out = [f"{where}: set {s} missing" for s in L.ALL_SETS if sets is not None and s not in sets]
         for chain, n in L.expected_rules(fam, conds).items():
             got = chains.get(chain, [])
             if len(got) != n or any(c != fp for c in got):
@@ -203,6 +203,8 @@ class NftBackend:
         restored when the new owner is deleted) or refused (``reject``).
         Re-ADD of the same owner replaces its elements, and removes those of
         its previous ADD that the new plan no longer has (from its manifest).
+        With ``plan.proxy_vips`` the same batch also replaces the elements of
+        ``proxy_vips`` (a flush, then the addresses) in the plan's families.
         Raises :class:`ConflictError` (policy ``reject``), :class:`TryAgainLater`,
         :class:`KernelError`.
         """
@@ -228,6 +230,9 @@ class NftBackend:
             for fam in fams:
                 if not ok[fam]:
                     ops += L.skeleton(fam, plan.conditions.get(fam))
+            if plan.proxy_vips is not None:  # the service proxy's addresses, as read just before
+                for fam in fams:
+                    ops += L.proxy_vips_ops(fam, plan.proxy_vips.get(fam, ()))
             q = [(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted]
             q += [(N.FAMILY[f], L.TABLE, L.CLAIMS, k) for f, k in my_claims]
             q += self._manifest_queries(me)  # one round trip for all of ADD's reads

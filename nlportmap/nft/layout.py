@@ -7,6 +7,8 @@
       map hostip_hostports { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
       set masq_pairs       { type ipv4_addr . ipv4_addr }   # saddr . daddr (hairpin, 127.0.0.1)
       set masq_all         { type ipv4_addr }               # daddr (masqAll)
+      set proxy_vips       { type ipv4_addr }               # addresses on a service proxy's dummy
+                             # interface (ClusterIPs in IPVS mode); no owner, refreshed by each ADD
       map claims           { type ipv6_addr . inet_proto . inet_service . ipv6_addr : ipv6_addr . inet_service }
                              # shadowed claims: hostIP (:: = any; IPv4 as ::ffff:a.b.c.d) . proto . port
                              # . owner hash -> pod . port; promoted when the current owner is deleted
@@ -16,6 +18,7 @@
       chain prerouting  { type nat hook prerouting priority -100; [conditions] fib daddr type local jump hostports }
       chain output      { type nat hook output priority -100;     [conditions] fib daddr type local jump hostports }
       chain hostports   { dnat ip to ip daddr . meta l4proto . th dport map @hostip_hostports
+                          ip daddr @proxy_vips return
                           dnat ip to meta l4proto . th dport map @hostports }
       chain postrouting { type nat hook postrouting priority 100;
                           ct status dnat ip saddr . ip daddr @masq_pairs masquerade
@@ -24,7 +27,9 @@
                           iifname != "lo" ip daddr 127.0.0.0/8 counter drop }
     }
 
-Every element carries a comment = the owner (``containerID/ifname network``).
+Every element carries a comment = the owner (``containerID/ifname network``),
+except those of ``proxy_vips``: node state, not an attachment's (not in :data:`SETS`,
+so DEL, GC and ``list`` never look at it).
 A first packet costs one hash lookup per map whatever the number of mappings;
 ADD, DEL and CHECK touch only their own keys (single-element gets, never dumps).
 
@@ -42,7 +47,7 @@ except ImportError:  # pragma: no cover - other builds
     from hashlib import sha1 as _sha1, sha256 as _sha256
 
 TABLE = "nlportmap"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3  # 3: proxy_vips set and its return rule in hostports
 TABLE_COMMENT = "nlportmap: CNI portmap hostPort forwarding (managed by nlportmap; see 'nlportmap list')"
 
 HOSTPORTS = "hostports"
@@ -51,7 +56,11 @@ MASQ_PAIRS = "masq_pairs"
 MASQ_ALL = "masq_all"
 CLAIMS = "claims"
 OWNED = "owned"
+PROXY_VIPS = "proxy_vips"
+#: sets whose elements name their owner in their comment (DEL, GC and list scan these)
 SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS, OWNED)
+#: every set the skeleton creates (CHECK verifies they exist)
+ALL_SETS = SETS + (PROXY_VIPS,)
 
 
 def alen(fam: int) -> int:
@@ -255,6 +264,9 @@ def skeleton(fam: int, conds) -> list:
                          N.concat_type(N.T_IPV6, N.T_PROTO, N.T_SERVICE, N.T_IPV6), 40,
                          comment="per-owner manifest (owner hash . slot -> hostIP . proto . port . pod)",
                          set_id=6))
+    ops.append(N.new_set(F, T, PROXY_VIPS, t, a,
+                         comment="addresses on service proxy interfaces (serviceProxyInterfaces): "
+                                 "never DNATed by any-address mappings; refreshed by each ADD", set_id=7))
     ops += [
         N.chain(F, T, "hostports", comment="DNAT by map lookup"),
         N.chain(F, T, "prerouting", "prerouting", -100, comment="traffic to local addresses -> hostports"),
@@ -263,11 +275,14 @@ def skeleton(fam: int, conds) -> list:
     ]
     for c in ("hostports", "prerouting", "output", "postrouting"):
         ops.append(N.flush_chain(F, T, c))
-    # hostports: specific hostIP first, then any-address
+    # hostports: specific hostIP first, then (unless the destination is a service proxy's
+    # address, e.g. a ClusterIP on kube-ipvs0) any-address
     r = N.reg32(a // 4)
     ops.append(N.rule(F, T, "hostports", [
         N.payload(1, _off(fam, "daddr"), a), N.meta(N.META_L4PROTO, r), N.payload(2, 2, 2, N.reg32(a // 4 + 1)),
         N.lookup(HOSTIP_HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)], comment=fp))
+    ops.append(N.rule(F, T, "hostports", [
+        N.payload(1, _off(fam, "daddr"), a), N.lookup(PROXY_VIPS, N.REG_1), N.verdict(N.NFT_RETURN)], comment=fp))
     ops.append(N.rule(F, T, "hostports", [
         N.meta(N.META_L4PROTO), N.payload(2, 2, 2, N.reg32(1)),
         N.lookup(HOSTPORTS, N.REG_1, N.REG_1), N.nat(1, F, N.REG_1, r)], comment=fp))
@@ -289,10 +304,21 @@ def skeleton(fam: int, conds) -> list:
     return ops
 
 
+def proxy_vips_ops(fam: int, addrs) -> list:
+    """Ops that replace the elements of ``proxy_vips`` by ``addrs`` (packed addresses of
+    family ``fam``): a flush, then the adds (in the caller's batch, so atomic)."""
+    F = N.FAMILY[fam]
+    ops = [N.flush_set(F, TABLE, PROXY_VIPS)]
+    items = [(b, None, None) for b in dict.fromkeys(addrs) if len(b) == alen(fam)]
+    for i in range(0, len(items), 200):
+        ops.append(N.set_elems(True, F, TABLE, PROXY_VIPS, items[i:i + 200]))
+    return ops
+
+
 def expected_rules(fam: int, conds) -> dict[str, int]:
     """Static rules per chain the skeleton installs (all carry the fingerprint comment)."""
     n = len(compile_conditions(fam, conds))
-    out = {"prerouting": n, "output": n, "hostports": 2, "postrouting": 2}
+    out = {"prerouting": n, "output": n, "hostports": 3, "postrouting": 2}
     if fam == 4:
         out["localnet_guard"] = 1
     return out

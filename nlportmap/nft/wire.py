@@ -72,7 +72,7 @@ def reg32(n: int) -> int:
     return 8 + n
 
 
-NFT_JUMP, NFT_GOTO, NF_DROP, NF_ACCEPT = -3, -4, 0, 1
+NFT_JUMP, NFT_GOTO, NFT_RETURN, NF_DROP, NF_ACCEPT = -3, -4, -5, 0, 1
 HOOK = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 NFT_DATA_VERDICT = 0xFFFFFF00           # verdict-map data type (kernel, not nft's id 1)
 NFT_SET_MAP_FLAGS = {"NFT_SET_MAP"}
@@ -168,6 +168,11 @@ _MSG_NAMES = {NEWTABLE: "NEWTABLE", GETTABLE: "GETTABLE", DELTABLE: "DELTABLE", 
               GETCHAIN: "GETCHAIN", DELCHAIN: "DELCHAIN", NEWRULE: "NEWRULE", GETRULE: "GETRULE",
               DELRULE: "DELRULE", NEWSET: "NEWSET", GETSET: "GETSET", DELSET: "DELSET",
               NEWSETELEM: "NEWSETELEM", GETSETELEM: "GETSETELEM", DELSETELEM: "DELSETELEM"}
+
+
+def flush_set(family: int, tbl: str, set_name: str) -> Op:
+    """DELSETELEM without NFTA_SET_ELEM_LIST_ELEMENTS: removes every element (``nft flush set``)."""
+    return DELSETELEM, 0, RawMsg(family, (tbl, set_name), _nlstr(1, tbl) + _nlstr(2, set_name))
 
 
 def op_name(op: Op) -> str:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from nlportmap.conditions import Match
-from nlportmap.config import (DEFAULT_MARK_BIT, Attachment, NetConf, PortMapping,
+from nlportmap.config import (DEFAULT_MARK_BIT, DEFAULT_SERVICE_PROXY_INTERFACES, Attachment, NetConf, PortMapping,
                               backend_specific_options, check_backend_conflict,
                               condition_style, parse_config)
 from nlportmap.errors import DecodeFailure, InvalidConfig
@@ -415,3 +415,41 @@ def test_nftables_style_conditions_are_not_iptables_tokens():
     assert c.warnings == ()
     assert parse_config(cfg(externalSetMarkChain="PLZ-SET-MARK"), "ADD").externalSetMarkChain == "PLZ-SET-MARK"
     assert "whitespace" in err_of(cfg(externalSetMarkChain="A B"), "ADD").msg
+
+# --- serviceProxyInterfaces (issue 15) ------------------------------------------------
+
+def test_service_proxy_interfaces_default_empty_and_given():
+    assert parse_config(cfg(), "ADD").service_proxy_interfaces == ("kube-ipvs0", "kube-dummy-if")
+    assert parse_config(cfg(serviceProxyInterfaces=None), "ADD").service_proxy_interfaces == \
+        DEFAULT_SERVICE_PROXY_INTERFACES
+    assert parse_config(cfg(serviceProxyInterfaces=[]), "ADD").service_proxy_interfaces == ()
+    # case-sensitive names; the key itself is matched case-insensitively like every key
+    assert parse_config(cfg(serviceproxyinterfaces=["Kube-IPVS0", "x" * 15]), "ADD") \
+        .service_proxy_interfaces == ("Kube-IPVS0", "x" * 15)
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("", 'serviceProxyInterfaces[1]: invalid interface name ""'),
+    ("..", 'serviceProxyInterfaces[1]: invalid interface name ".."'),
+    ("x" * 16, f'serviceProxyInterfaces[1]: interface name "{"x" * 16}" is longer than 15 bytes'),
+    ("ä" * 8, f'serviceProxyInterfaces[1]: interface name "{"ä" * 8}" is longer than 15 bytes'),
+    ("a/b", "serviceProxyInterfaces[1]: invalid interface name 'a/b' (no '/', ':', whitespace or NUL)"),
+    ("a:b", "serviceProxyInterfaces[1]: invalid interface name 'a:b' (no '/', ':', whitespace or NUL)"),
+    ("a b", "serviceProxyInterfaces[1]: invalid interface name 'a b' (no '/', ':', whitespace or NUL)"),
+    ("a\tb", "serviceProxyInterfaces[1]: invalid interface name 'a\\tb' (no '/', ':', whitespace or NUL)"),
+    ("a\0b", "serviceProxyInterfaces[1]: invalid interface name 'a\\x00b' (no '/', ':', whitespace or NUL)"),
+])
+def test_service_proxy_interfaces_are_validated(name, expected):
+    data = cfg(serviceProxyInterfaces=["kube-ipvs0", name])
+    e = err_of(data, "ADD")
+    assert e.code == 7 and e.msg == PREFIX + expected
+    assert err_of(data, "CHECK").msg == expected
+    c = parse_config(data, "DEL")  # DEL does not use the list: warn, do not fail teardown
+    assert len(c.warnings) == 1 and expected in c.warnings[0]
+
+
+def test_service_proxy_interfaces_type_errors_are_decode_failures():
+    e = err_of(cfg(serviceProxyInterfaces="kube-ipvs0"), "ADD", DecodeFailure)
+    assert e.code == 6 and "serviceProxyInterfaces: expected array | null" in e.msg
+    e = err_of(cfg(serviceProxyInterfaces=[1]), "ADD", DecodeFailure)
+    assert "serviceProxyInterfaces[0]: expected str, got int 1" in e.msg

@@ -2,7 +2,7 @@
 
 The golden messages were checked against a 6.18 kernel (accepted, and `nft list
 ruleset` printed them as the layout docstring says; the hostports rule carries the
-layout-2 fingerprint comment).  They pin pyroute2's
+layout-3 fingerprint comment).  They pin pyroute2's
 encoding so a pyroute2 upgrade or an encoder rewrite cannot silently change
 what we send.
 """
@@ -18,7 +18,7 @@ GOLDEN_HOSTPORTS_RULE = (
     "01007061796c6f616400240002000800010000000009080002000000000208000300000000020800040000000002340001"
     "000b0001006c6f6f6b75700000240002000e000100686f7374706f72747300000008000200000000010800030000000001"
     "30000100080001006e6174002400020008000100000000010800020000000002080003000000000108000500000000091f"
-    "00070000196e6c706f72746d61702f32203363306238626432636533320000")
+    "00070000196e6c706f72746d61702f33206431393837373832373662330000")
 GOLDEN_ELEMENT = (
     "700000000c0a05040700000000000000020000000e0001006e6c706f72746d61700000000e000200686f7374706f727473"
     "0000003c00030038000100100001000c000100060000001f900000100002000c0001000af400020050000012000600000c"
@@ -28,8 +28,9 @@ GOLDEN_ELEMENT = (
 def test_hostports_rule_golden_bytes():
     ops = L.skeleton(4, ())
     rules = [o for o in ops if o[0] == N.NEWRULE and o[2]["attrs"][1][1] == "hostports"]
-    assert len(rules) == 2  # hostIP-specific map first, then any-address map
-    assert N.encode(rules[1], 1000).hex() == GOLDEN_HOSTPORTS_RULE
+    # hostIP-specific map first, then the proxy_vips return, then the any-address map
+    assert len(rules) == 3
+    assert N.encode(rules[2], 1000).hex() == GOLDEN_HOSTPORTS_RULE
 
 
 def test_element_golden_bytes():
@@ -84,3 +85,44 @@ def test_skeleton_has_guard_only_for_ipv4():
     names6 = [N.op_name(o) for o in L.skeleton(6, ())]
     assert any("localnet_guard" in n for n in names4)
     assert not any("localnet_guard" in n for n in names6)
+
+
+# --------------------------------------------------------------- proxy_vips (issue 15)
+def _hostports_rules(fam):
+    return [o[2]["attrs"][2][1] for o in L.skeleton(fam, ()) if o[0] == N.NEWRULE
+            and o[2]["attrs"][1][1] == "hostports"]
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_proxy_vips_return_sits_between_hostip_and_any_address_dnat(fam):
+    names = [[e["attrs"][0][1] for e in r] for r in _hostports_rules(fam)]
+    assert names == [["payload", "meta", "payload", "lookup", "nat"],  # @hostip_hostports
+                     ["payload", "lookup", "immediate"],               # ip daddr @proxy_vips return
+                     ["meta", "payload", "lookup", "nat"]]             # @hostports
+    ret = _hostports_rules(fam)[1]
+    load = dict(ret[0]["attrs"][1][1]["attrs"])
+    assert (load["NFTA_PAYLOAD_OFFSET"], load["NFTA_PAYLOAD_LEN"]) == ((16, 4) if fam == 4 else (24, 16))
+    assert dict(ret[1]["attrs"][1][1]["attrs"])["NFTA_LOOKUP_SET"] == L.PROXY_VIPS
+    assert L.expected_rules(fam, ())["hostports"] == 3
+    sets = [o for o in L.skeleton(fam, ()) if o[0] == N.NEWSET]
+    vips = [dict(o[2]["attrs"]) for o in sets if dict(o[2]["attrs"])["NFTA_SET_NAME"] == L.PROXY_VIPS]
+    assert len(vips) == 1 and vips[0]["NFTA_SET_KEY_LEN"] == L.alen(fam)
+    assert "NFTA_SET_DATA_TYPE" not in vips[0]  # a plain set, no owner comment on its elements
+
+
+def test_proxy_vips_is_not_an_owner_scanned_set():
+    assert L.PROXY_VIPS not in L.SETS and L.PROXY_VIPS in L.ALL_SETS
+
+
+def test_proxy_vips_ops_flush_then_add():
+    a, b = bytes([10, 96, 0, 1]), bytes([10, 96, 0, 2])
+    ops = L.proxy_vips_ops(4, [a, b, a, bytes(16)])  # duplicates and the other family dropped
+    assert [o[0] for o in ops] == [N.DELSETELEM, N.NEWSETELEM]
+    flush = N.encode(ops[0], 5)
+    # table and set name, and no NFTA_SET_ELEM_LIST_ELEMENTS: the kernel flushes the set
+    assert [t for t, _ in N.attr_list(flush[20:])] == [1, 2]
+    els = N.attr_list(N.attrs(N.encode(ops[1], 6), 20)[3])
+    assert [N.attrs(N.attrs(el)[1])[1] for _, el in els] == [a, b]
+    assert [o[0] for o in L.proxy_vips_ops(6, [])] == [N.DELSETELEM]  # no addresses: the flush alone
+    many = L.proxy_vips_ops(6, [i.to_bytes(16, "big") for i in range(450)])
+    assert [o[0] for o in many] == [N.DELSETELEM] + [N.NEWSETELEM] * 3
