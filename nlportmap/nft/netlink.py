@@ -540,6 +540,8 @@ class NetfilterSocket:
         """
         if not ops:
             return
+        from ..lock import require_lock
+        require_lock("an nftables change")  # inside an unlockable netns_lock: refuse (nlportmap.lock)
         seq0 = self.next_seq(len(ops) + 2)
         parts = [_marker(NFNL_MSG_BATCH_BEGIN, seq0, genid)]
         for i, op in enumerate(ops):
