@@ -486,3 +486,81 @@ def test_abandoned_connections_log_one_brief_line_each(env):
             and "done ADD" not in ln and "accepted ADD" not in ln]
     assert len(body) <= 2 * n, log  # refusal (verbose) or hang-up: one line per connection
     assert all(len(ln) < 160 for ln in body), log
+
+
+# ------------------------------------------------------------ a forged daemon
+_FORGED = ("import socket, sys\n"
+           "path, count = sys.argv[1], sys.argv[2]\n"
+           "srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+           "srv.bind(path)\n"
+           "srv.listen(8)\n"
+           "open(count, 'a').close()\n"
+           "out = b'{\"forged\": true}'\n"
+           "reply = b'A' + bytes(4) + b'R' + (8 + len(out)).to_bytes(4, 'big') + bytes(4)"
+           " + len(out).to_bytes(4, 'big') + out\n"
+           "while True:\n"
+           "    c, _ = srv.accept()\n"
+           "    got = 0\n"
+           "    try:\n"
+           "        c.sendall(reply)\n"
+           "        c.settimeout(1)\n"
+           "        while True:\n"
+           "            b = c.recv(65536)\n"
+           "            if not b:\n"
+           "                break\n"
+           "            got += len(b)\n"
+           "    except OSError:\n"
+           "        pass\n"
+           "    with open(count, 'a') as f:\n"
+           "        f.write('%d\\n' % got)\n"
+           "    c.close()\n")
+
+
+def test_a_listener_that_is_not_root_is_never_believed(env):
+    py = "/usr/bin/python3"
+    if not os.access(py, os.X_OK) or not shutil.which("setpriv"):
+        pytest.skip("needs /usr/bin/python3 and setpriv to run a server as nobody")
+    theirs = os.path.join(env.dir, "nobody")
+    os.mkdir(theirs, 0o700)
+    os.chown(theirs, 65534, 65534)
+    script = os.path.join(env.dir, "forged.py")
+    with open(script, "w") as f:
+        f.write(_FORGED)
+    os.chmod(script, 0o644)
+    sock, count = os.path.join(theirs, "f.sock"), os.path.join(theirs, "count")
+    server = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", py, "-I", "-S",
+                               script, sock, count], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(count):
+            assert server.poll() is None and time.monotonic() < deadline, "forged server did not start"
+            time.sleep(0.02)
+        # 1. its socket in its own directory; 2. the same socket moved into a root-owned
+        #    0755 directory (only SO_PEERCRED can tell)
+        moved = os.path.join(env.dir, "moved.sock")
+        for i, (path, why) in enumerate([(sock, "uid 65534, not root"), (moved, "uid 65534, not root")]):
+            if path == moved:
+                os.rename(sock, moved)
+            cid = f"c0ffee1{i}"
+            cp = env.plugin(env.a, "ADD", cid, _conf(3300 + i), NLPORTMAP_SOCKET=path)
+            _ok(cp)
+            assert b"forged" not in cp.stdout, cp.stdout
+            assert json.loads(cp.stdout)["ips"][0]["address"] == "10.244.0.2/24"
+            line = env.shim_lines()[-1]
+            assert line["via"] == "in-process" and why in line["reason"], line
+            assert f"{cid} tcp {3300 + i}" in env.elements(env.a)
+        deadline = time.monotonic() + 10
+        while len(open(count).read().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open(count).read().split() == ["0", "0"]  # not one byte of any request reached it
+    finally:
+        kill_process(server)
+    # 3. a root daemon, but its socket in a directory others may write: not believed either
+    open_dir = os.path.join(env.dir, "open")
+    os.mkdir(open_dir)
+    os.chmod(open_dir, 0o777)
+    env.start_daemon(socket_args=("--socket", os.path.join(open_dir, "d.sock")))
+    cp = env.plugin(env.a, "ADD", "c0ffee19", _conf(3309), NLPORTMAP_SOCKET=os.path.join(open_dir, "d.sock"))
+    _ok(cp)
+    line = env.shim_lines()[-1]
+    assert line["via"] == "in-process" and "writable by group/others" in line["reason"], line
