@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--mode", default="0600", type=_octal_mode, help="socket file permissions, octal (default 0600)")
     dm.add_argument("--max-clients", type=_positive, default=128, help="concurrent requests before refusing")
     dm.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    dm.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                    help="exit after this long without a request (default: 60 when socket-activated, "
+                         "else never; 0: never)")
     ins = sub.add_parser("install", help="write the fast CNI launcher (bound to this interpreter) into a CNI bin dir",
                          description="Byte-compile the package, write the -I -S launcher bound to this "
                                      "interpreter to DIR/NAME, and run CNI VERSION through it. Refuses to "
@@ -206,7 +209,7 @@ def _main(argv: list[str]) -> int:
         return 0
     if args.cmd == "daemon":
         from .daemon import main as daemon_main
-        return daemon_main(args.socket, args.mode, args.max_clients, args.verbose)
+        return daemon_main(args.socket, args.mode, args.max_clients, args.verbose, args.idle_exit)
     if args.cmd == "demo":
         if os.geteuid() != 0:
             print("nlportmap demo: needs root (it creates network namespaces)", file=sys.stderr)

@@ -38,6 +38,17 @@ happens under the per-netns lock, and the daemon checks right after taking
 that lock that the shim is still connected (a hung-up shim is doing the work
 itself); see :mod:`nlportmap.shim`.
 
+Socket activation: started by systemd with ``LISTEN_FDS=1``/``LISTEN_PID`` (the
+socket unit ``deploy/nlportmap-daemon.socket``), it serves the inherited listening
+socket on fd 3 instead of binding one, and exits after ``--idle-exit`` seconds
+without a request (default 60 when activated; systemd starts it again on the
+next connection).  A daemon that cannot serve (socket in use, directory not
+creatable, any start-up failure) exits 1 with a one-line error.
+
+Warnings: everything a request's handlers write to ``sys.stderr`` -- in the request's
+thread or in its tasks on the shared event loop -- goes into that request's reply
+(per thread, and per task through a context variable), which the shim prints.
+
 Test hook: ``NLPORTMAP_DAEMON_TEST_DELAY`` (seconds, read from the daemon's own
 environment) sleeps after acknowledging each request.
 """
@@ -55,6 +66,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from .shim import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
 
@@ -70,6 +82,14 @@ REQUEST_READ_TIMEOUT = 10.0
 PROBE_TTL = 10.0
 
 _tls = threading.local()
+#: the reply's stderr buffer of the request a task on the daemon's event loop works for
+_task_stderr: ContextVar = ContextVar("nlportmap_request_stderr", default=None)
+LISTEN_FDS_START = 3
+DEFAULT_IDLE_EXIT = 60.0
+
+
+class StartupError(Exception):
+    """The daemon cannot serve; ``args[0]`` is the one-line reason."""
 
 
 class Abandoned(RuntimeError):
@@ -87,12 +107,17 @@ class _ThreadStderr(io.TextIOBase):
     def __init__(self, real):
         self._real = real
 
-    def write(self, s: str) -> int:
+    @staticmethod
+    def _buf():
         buf = getattr(_tls, "stderr", None)
+        return buf if buf is not None else _task_stderr.get()
+
+    def write(self, s: str) -> int:
+        buf = self._buf()
         return (buf if buf is not None else self._real).write(s)
 
     def flush(self) -> None:
-        buf = getattr(_tls, "stderr", None)
+        buf = self._buf()
         (buf if buf is not None else self._real).flush()
 
 
@@ -179,8 +204,16 @@ def _plugin_class():
                     self._backend = make_backend(name)
             return self._backend
 
-        def run_async(self, fn, *args):  # the daemon's long-lived event loop, not a new one
-            return self._daemon.portal.call(fn, *args)
+        def run_async(self, fn, *args):
+            """On the daemon's long-lived event loop, not a new one.  The task's
+            stderr writes (e.g. a conntrack warning) go into this request's reply."""
+            err = getattr(_tls, "stderr", None)
+
+            async def for_this_request():
+                _task_stderr.set(err)  # the task's own context (and its child tasks')
+                return await fn(*args)
+
+            return self._daemon.portal.call(for_this_request)
 
         def _report(self, command: str) -> None:  # the daemon reports per request
             self.reported = command
@@ -193,8 +226,10 @@ class Daemon:
     """The server.  ``path``: socket file; ``mode``: its permissions."""
 
     def __init__(self, path: str = DEFAULT_SOCKET, *, mode: int = 0o600, max_clients: int = 128,
-                 verbose: bool = False):
+                 verbose: bool = False, idle_exit: float = 0.0):
         self.path = path
+        self.idle_exit = max(idle_exit, 0.0)  # seconds without a request before exiting; 0: never
+        self._last_busy = time.monotonic()
         self.mode = mode
         self.verbose = verbose
         self.netns = netns_identity()
@@ -282,31 +317,58 @@ class Daemon:
                 return
         b.close()
 
-    def bind(self) -> None:
+    def preflight(self) -> None:
+        """Fail fast (before the warm-up): the socket directory, and no live daemon on the path."""
         d = os.path.dirname(self.path)
         if d and not os.path.isdir(d):
-            os.makedirs(d, mode=0o700, exist_ok=True)
-        if os.path.exists(self.path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            probe.settimeout(1.0)
             try:
-                probe.connect(self.path)
-                raise SystemExit(f"nlportmap daemon: another daemon is listening on {self.path}")
-            except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
-                pass
-            finally:
-                probe.close()
+                os.makedirs(d, mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise StartupError(f"cannot create the socket directory {d}: {e.strerror}") from None
+        self._probe_existing()
+
+    def _probe_existing(self) -> None:
+        if not os.path.lexists(self.path):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(self.path)
+            raise StartupError(f"another daemon is listening on {self.path}")
+        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+            pass
+        except OSError as e:
+            raise StartupError(f"cannot probe {self.path}: {e.strerror}") from None
+        finally:
+            probe.close()
+        try:
             os.unlink(self.path)  # stale socket of a dead daemon
+        except FileNotFoundError:
+            pass
+
+    def bind(self) -> None:
+        self.preflight()
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             s.bind(self.path)
+        except OSError as e:
+            s.close()
+            raise StartupError(f"cannot bind {self.path}: {e.strerror or e}") from None
         finally:
             os.umask(old)
+        self._listener = s
+        self._inode = os.stat(self.path).st_ino
         os.chmod(self.path, self.mode)
         s.listen(512)
-        self._inode = os.stat(self.path).st_ino
+
+    def adopt(self, s: socket.socket) -> None:
+        """Serve an inherited (socket-activated) listening socket; its file is not ours to remove."""
         self._listener = s
+        try:
+            self.path = s.getsockname() or self.path
+        except OSError:
+            pass
 
     def stop(self, *_args) -> None:
         self._stop.set()
@@ -331,10 +393,15 @@ class Daemon:
     def serve_forever(self) -> None:
         assert self._listener is not None
         self._listener.settimeout(0.5)
+        self._last_busy = time.monotonic()
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
             except socket.timeout:
+                if (self.idle_exit and not self._active
+                        and time.monotonic() - self._last_busy >= self.idle_exit):
+                    _log(f"idle for {self.idle_exit:g}s: exiting (socket activation starts it again)")
+                    break
                 continue
             except OSError as e:
                 if e.errno in (errno.EINTR, errno.ECONNABORTED):
@@ -367,14 +434,20 @@ class Daemon:
     def _serve_conn(self, conn: socket.socket) -> None:
         with self._active_lock:
             self._active += 1
+            self._last_busy = time.monotonic()
         try:
             self._serve_checked(conn)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as e:
+            # a shim that gave up (deadline) or a client that just connected and left:
+            # nothing was started for it; one brief line, never a traceback
+            _log(f"client hung up before its request was answered ({type(e).__name__})")
         except Exception as e:  # noqa: BLE001 - never let one request kill the daemon
             _log(f"request failed: {type(e).__name__}: {e}")
         finally:
             conn.close()
             with self._active_lock:
                 self._active -= 1
+                self._last_busy = time.monotonic()
             self._slots.release()
 
     def _peer_check(self, conn: socket.socket) -> str | None:
@@ -500,25 +573,83 @@ class Daemon:
                 err.write(f"nlportmap: warning: cannot write {path}: {e}\n")
 
 
+def _inherited_listener() -> socket.socket | None:
+    """The listening socket passed by socket activation (``LISTEN_FDS``/``LISTEN_PID``,
+    sd_listen_fds(3)), or None.  The variables are removed either way (children must not
+    see them).  Raises :class:`StartupError` if what was passed is not one listening
+    AF_UNIX stream socket."""
+    pid, fds = os.environ.pop("LISTEN_PID", None), os.environ.pop("LISTEN_FDS", None)
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid is None or fds is None:
+        return None
+    try:
+        if int(pid) != os.getpid():
+            return None  # meant for another process (e.g. our parent)
+        n = int(fds)
+    except ValueError:
+        raise StartupError(f"bad socket activation variables: LISTEN_PID={pid!r} LISTEN_FDS={fds!r}") from None
+    if n == 0:
+        return None
+    if n != 1:
+        raise StartupError(f"socket activation passed {n} sockets; expected exactly one")
+    try:
+        s = socket.socket(fileno=LISTEN_FDS_START)
+    except OSError as e:
+        raise StartupError(f"socket activation: fd {LISTEN_FDS_START} is not a socket ({e.strerror})") from None
+    if (s.family != socket.AF_UNIX or s.type != socket.SOCK_STREAM
+            or not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+        s.detach()
+        raise StartupError(f"socket activation: fd {LISTEN_FDS_START} is not a listening Unix stream socket")
+    os.set_inheritable(LISTEN_FDS_START, False)
+    return s
+
+
 def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 128,
-         verbose: bool = False) -> int:
-    """Run the daemon until SIGTERM/SIGINT."""
+         verbose: bool = False, idle_exit: float | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT (or, socket-activated, until idle).
+
+    Returns 1 with a one-line error on stderr when it cannot serve; the warm-up's event
+    loop thread is stopped first, so the process really exits."""
     if os.geteuid() != 0:
         print("nlportmap daemon: needs root (it programs the firewall)", file=sys.stderr)
         return 1
     path = socket_path or os.environ.get("NLPORTMAP_SOCKET") or DEFAULT_SOCKET
-    d = Daemon(path, mode=mode, max_clients=max_clients, verbose=verbose)
-    t = time.perf_counter()
-    d.warm()
-    sys.stderr = _ThreadStderr(sys.__stderr__)
-    signal.signal(signal.SIGTERM, d.stop)
-    signal.signal(signal.SIGINT, d.stop)
-    d.bind()
-    _log(f"listening on {path} (pid {os.getpid()}, netns inode {d.netns[1]}, "
-         f"warm-up {(time.perf_counter() - t) * 1000:.0f} ms)")
+    d = None
+    serving = False
     try:
+        inherited = _inherited_listener()
+        if idle_exit is None:
+            idle_exit = DEFAULT_IDLE_EXIT if inherited is not None else 0.0
+        d = Daemon(path, mode=mode, max_clients=max_clients, verbose=verbose, idle_exit=idle_exit)
+        if inherited is not None:
+            d.adopt(inherited)
+        else:
+            d.preflight()  # before the warm-up: a daemon that cannot serve says so at once
+        t = time.perf_counter()
+        d.warm()
+        sys.stderr = _ThreadStderr(sys.__stderr__)
+        signal.signal(signal.SIGTERM, d.stop)
+        signal.signal(signal.SIGINT, d.stop)
+        if inherited is None:
+            d.bind()
+        how = "socket-activated, " if inherited is not None else ""
+        idle = f", idle exit {idle_exit:g}s" if idle_exit else ""
+        _log(f"listening on {d.path} ({how}pid {os.getpid()}, netns inode {d.netns[1]}, "
+             f"warm-up {(time.perf_counter() - t) * 1000:.0f} ms{idle})")
+        serving = True
         d.serve_forever()
+    except StartupError as e:
+        sys.__stderr__.write(f"nlportmap daemon: {e}\n")
+        return 1
+    except Exception as e:  # noqa: BLE001 - one line, then exit: never a live process that cannot serve
+        if serving:
+            raise
+        sys.__stderr__.write(f"nlportmap daemon: cannot start: {type(e).__name__}: {e}\n")
+        return 1
     finally:
-        d.close()
-        _log("stopped")
+        sys.stderr = sys.__stderr__
+        if d is not None:
+            d.close()  # also stops the event loop thread, which would keep the process alive
+            if serving:
+                _log("stopped")
     return 0

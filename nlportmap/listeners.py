@@ -27,9 +27,11 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 TCP_LISTEN = 10
 PROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 
-#: default process names (``/proc/<pid>/comm``) whose sockets are runtime placeholders
-RUNTIME_PLACEHOLDERS = ("conmon", "conmonrs", "podman", "rootlessport", "rootlesskit",
-                        "slirp4netns", "pasta", "containerd", "crio", "dockerd", "docker-proxy")
+#: default process names (``/proc/<pid>/comm``) whose sockets are runtime placeholders: only
+#: those known to hold one per published port (rootful Podman's ``conmon``, rootless Podman's
+#: ``rootlessport``).  containerd holds none and CRI-O dropped its port opener, so sockets of
+#: ``containerd``, ``crio``, ``dockerd`` or ``podman`` are real services and stay protected.
+RUNTIME_PLACEHOLDERS = ("conmon", "rootlessport")
 
 
 INET_DIAG_SKV6ONLY = 11  # u8 attribute of AF_INET6 sockets (linux/inet_diag.h)

@@ -25,7 +25,7 @@ import errno
 import time
 
 from .errors import KernelError, TryAgainLater
-from .lock import netns_lock
+from .lock import netns_lock, require_lock
 
 __all__ = ["UPSTREAM_TABLE", "UPSTREAM_CHAINS", "cleanup_upstream"]
 
@@ -53,6 +53,7 @@ def _nft_cleanup(sock, owner, families) -> int:
                         ops.append(del_rule(N.FAMILY[fam], UPSTREAM_TABLE, chain, r.handle))
         if not ops:
             return 0
+        require_lock("an nftables change")
         try:
             sock.commit(ops)
             return len(ops)

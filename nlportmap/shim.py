@@ -11,6 +11,10 @@ netlink sockets open.  This module is what the exec'd process runs first:
    identity;
 3. print the daemon's answer (stdout, stderr, exit status) and exit.
 
+The daemon is believed only when the listener is root (``SO_PEERCRED``) and the
+socket's directory is root-owned and not writable by group or others; otherwise
+nothing is sent and the request runs in-process.
+
 When anything goes wrong -- no socket (a failed ``connect`` costs microseconds),
 nobody listening, the daemon refuses (another network namespace, not root,
 different ``NLPORTMAP_*`` settings, overloaded), does not acknowledge within the
@@ -147,6 +151,29 @@ def read_reply(s, deadline: float) -> tuple[bytes, bytes]:
     return head[:1], _recv_exact(s, n, deadline)
 
 
+def _untrusted(s, path) -> str | None:
+    """Why the listener at ``path`` (connected socket ``s``) is not to be believed, or None.
+
+    The request carries the container's whole config and the reply becomes our output, so
+    the server must be root (``SO_PEERCRED``: the credentials of whoever called listen()),
+    and the socket's directory root-owned and not writable by group or others (else
+    anyone could have put a socket file there)."""
+    cred = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # struct ucred: pid, uid, gid
+    uid = int.from_bytes(cred[4:8], sys.byteorder)
+    if uid != 0:
+        return f"daemon socket is served by uid {uid}, not root"
+    sep = b"/" if isinstance(path, bytes) else "/"
+    i = path.rfind(sep)
+    d = path[:i] if i > 0 else (sep if i == 0 else (b"." if isinstance(path, bytes) else "."))
+    try:
+        st = _os.stat(d)
+    except OSError as e:
+        return f"cannot stat the daemon socket's directory: {e.strerror}"
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        return "daemon socket's directory is not root-owned or is writable by group/others"
+    return None
+
+
 def exchange(path, frame: bytes, deadline: float = DEFAULT_DEADLINE,
              timeout: float = DEFAULT_TIMEOUT) -> tuple[int, bytes, bytes]:
     """Send one request frame to the daemon at ``path``; return (status, stdout, stderr).
@@ -163,6 +190,9 @@ def exchange(path, frame: bytes, deadline: float = DEFAULT_DEADLINE,
         try:
             s.settimeout(deadline)
             s.connect(path)
+            why = _untrusted(s, path)  # before a byte of the request leaves this process
+            if why:
+                raise Fallback(why)
             try:
                 s.sendall(frame)
             except (BrokenPipeError, ConnectionResetError):

@@ -36,7 +36,7 @@ import shutil
 import subprocess
 
 from ..errors import CNIError, InternalError, InvalidConfig, KernelError
-from ..lock import netns_lock
+from ..lock import netns_lock, require_lock
 from ..plan import Listed, Owner, Plan
 from . import rules as R
 from .probe import ChainProbe
@@ -178,6 +178,7 @@ class IptBackend:
             lines = build(nt)
             if not lines:
                 return 0
+            require_lock(f"an {self.tool(fam, '-restore')} change")  # see nlportmap.lock
             err = self.restore(fam, lines)
             if err is None:
                 return len(lines)

@@ -20,7 +20,7 @@ import errno
 import time
 
 from ..errors import InternalError, InvalidConfig, KernelError, TryAgainLater
-from ..lock import netns_lock
+from ..lock import netns_lock, require_lock
 from ..plan import Listed, Owner, Plan
 from . import layout as L
 from . import wire as N
@@ -75,6 +75,7 @@ class NftBackend:
                 ops = build()
                 if not ops:
                     return 0
+                require_lock("an nftables change")  # inside an unlockable netns_lock: refuse (nlportmap.lock)
                 try:
                     self.sock.commit(ops)
                     self._repair = False

@@ -249,3 +249,24 @@ def test_host_listener_check_sees_dual_stack_sockets(node):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("name", ["containerd", "crio", "dockerd", "podman"])
+def test_runtime_daemons_real_sockets_are_protected_by_default(node, name):
+    """Only processes known to hold placeholder sockets (conmon, rootlessport) are spared by
+    default: a real service socket of a runtime daemon is a conflict like any other."""
+    code = ("import socket,time\n"
+            f"open('/proc/self/comm', 'w').write({name!r})\n"
+            "s=socket.socket(); s.bind(('0.0.0.0', 9310)); s.listen(); print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    proc = node.host.popen(sys.executable, "-I", "-c", code, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        conf = netconf([port_mapping(9310, 80)], prev_result("10.244.0.51/24"), hostPortListeners="reject")
+        rc, out, _ = node.exec("ADD", conf, cid="rt1")
+        assert rc == 1, out
+        err = json.loads(out)
+        assert err["code"] == 7 and f"{name} (pid {proc.pid})" in err["msg"], err
+    finally:
+        proc.kill()
+        proc.wait()

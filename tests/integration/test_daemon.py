@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,13 +62,16 @@ class Env:
         env.update(NLPORTMAP_SOCKET=self.sock, NLPORTMAP_LOCK_DIR=self.lockdir)
         return env
 
-    def start_daemon(self, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    def start_daemon(self, *extra: str, env: dict | None = None, python: tuple = ("-m", "nlportmap"),
+                     socket_args: tuple | None = None, pass_fds: tuple = ()) -> subprocess.Popen:
+        """``python``: what follows the interpreter (a ``-c`` wrapper may replace ``-m nlportmap``)."""
         log = open(self.daemon_log, "w")
         full = {**self.base_env(), **(env or {})}
+        sock = ("--socket", self.sock) if socket_args is None else socket_args
         self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.a.name, sys.executable, "-m", "nlportmap", "daemon",
-             "--socket", self.sock, "--verbose", *extra],
-            env=full, stdout=log, stderr=subprocess.STDOUT)
+            ["ip", "netns", "exec", self.a.name, sys.executable, *python, "daemon",
+             *sock, "--verbose", *extra],
+            env=full, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds)
         log.close()
         self.wait_log("listening on", 20)
         return self.daemon
@@ -327,3 +331,236 @@ def test_shim_imports_nothing_heavy_on_the_daemon_path(env):
     cp = env.plugin(env.a, "DEL", "c0ffee07", _conf(4040), NLPORTMAP_DEBUG="imports", NLPORTMAP_SOCKET="none")
     _ok(cp)
     assert set(HEAVY) - {"anyio"} <= _imported(cp.stderr)
+
+
+# ------------------------------------------------------------ socket activation
+#: exec wrapper: the inherited socket to fd 3, LISTEN_PID = the daemon's own pid (execv keeps it)
+_ACTIVATE = ("import os, sys\n"
+             "fd = int(sys.argv[1])\n"
+             "os.dup2(fd, 3)\n"
+             "os.close(fd)\n"
+             "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='nlpm')\n"
+             "os.execv(sys.executable, [sys.executable, '-m', 'nlportmap'] + sys.argv[2:])\n")
+
+
+def test_socket_activation_serves_the_inherited_socket_and_exits_when_idle(env):
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(env.sock)  # what systemd's socket unit does (SocketMode=0600)
+    os.chmod(env.sock, 0o600)
+    listener.listen(16)
+    try:
+        fd = listener.fileno()
+        daemon = env.start_daemon("--idle-exit", "1.5", python=("-c", _ACTIVATE, str(fd)),
+                                  socket_args=(), pass_fds=(fd,))
+        log = env.wait_log("listening on", 5)
+        assert "socket-activated" in log and env.sock in log, log
+        cid = "c0ffee0a"
+        add = env.plugin(env.a, "ADD", cid, _conf(3030))
+        _ok(add)
+        assert json.loads(add.stdout)["ips"][0]["address"] == "10.244.0.2/24"
+        assert [r["via"] for r in env.shim_lines()] == ["daemon"], env.shim_lines()
+        assert env.elements(env.a) == [f"{cid} tcp 3030"]
+        t = time.monotonic()
+        assert daemon.wait(10) == 0  # idle exit, status 0 (systemd starts it again on demand)
+        assert time.monotonic() - t < 5
+        assert "idle for 1.5s" in open(env.daemon_log).read()
+        assert os.path.exists(env.sock)  # the socket file belongs to whoever passed it
+        # the variables were consumed: the environment the daemon ran requests in had none
+        env.daemon = None
+    finally:
+        listener.close()
+
+
+def test_socket_activation_rejects_a_socket_it_cannot_serve(env):
+    udp = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    udp.bind(env.sock)
+    try:
+        fd = udp.fileno()
+        cp = subprocess.run(["ip", "netns", "exec", env.a.name, sys.executable, "-c", _ACTIVATE, str(fd),
+                             "daemon"], env=env.base_env(), pass_fds=(fd,), capture_output=True,
+                            text=True, timeout=20)
+        assert cp.returncode == 1, cp
+        assert cp.stderr.count("\n") == 1 and "not a listening Unix stream socket" in cp.stderr, cp.stderr
+    finally:
+        udp.close()
+
+
+# ------------------------------------------------------------ a daemon that cannot serve
+def _failing_daemon(env, sock_path: str) -> tuple[subprocess.CompletedProcess, float]:
+    t = time.monotonic()
+    cp = subprocess.run(["ip", "netns", "exec", env.a.name, sys.executable, "-m", "nlportmap", "daemon",
+                         "--socket", sock_path], env=env.base_env(), capture_output=True, text=True,
+                        timeout=30)
+    return cp, time.monotonic() - t
+
+
+def _one_line_error(cp, what: str) -> None:
+    assert cp.returncode == 1, cp
+    assert cp.stdout == "" and cp.stderr.count("\n") == 1, cp.stderr
+    assert what in cp.stderr and "Traceback" not in cp.stderr, cp.stderr
+
+
+def test_second_daemon_on_a_busy_socket_exits_at_once(env):
+    env.start_daemon()
+    cp, took = _failing_daemon(env, env.sock)
+    _one_line_error(cp, f"another daemon is listening on {env.sock}")
+    assert took < 1.0, took
+    assert env.daemon.poll() is None  # the first one is untouched and still serves
+    _ok(env.plugin(env.a, "ADD", "c0ffee0b", _conf(3131)))
+    assert env.shim_lines()[-1]["via"] == "daemon"
+
+
+def test_daemon_whose_socket_directory_cannot_be_created_exits_at_once(env):
+    blocker = os.path.join(env.dir, "a-file")
+    open(blocker, "w").close()
+    cp, took = _failing_daemon(env, os.path.join(blocker, "sub", "d.sock"))
+    _one_line_error(cp, f"cannot create the socket directory {blocker}/sub")
+    assert took < 1.0, took
+
+
+def test_daemon_failing_after_warm_up_does_not_hang(env):
+    """bind() fails after the warm-up started anyio's event loop thread: the process still exits."""
+    cp, took = _failing_daemon(env, os.path.join(env.dir, "s" * 120 + ".sock"))  # > sun_path
+    _one_line_error(cp, "cannot bind")
+    assert took < 1.5, took
+
+
+# ------------------------------------------------------------ warnings
+#: the daemon with conntrack deletion made to fail (after a pause, so that requests overlap)
+_CT_FAILS = ("import errno, sys, anyio\n"
+             "import nlportmap.sidefx as sidefx\n"
+             "async def failing(family, proto, port):\n"
+             "    await anyio.sleep(0.3)\n"
+             "    raise OSError(errno.EPERM, f'injected failure for {port}')\n"
+             "sidefx.delete_conntrack = failing\n"
+             "from nlportmap.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+
+
+def test_warnings_come_back_through_the_daemon_to_their_own_request(env):
+    env.start_daemon(python=("-c", _CT_FAILS))
+    udp = list(range(8125, 8131))
+    tcp = list(range(8131, 8134))
+
+    def add(port: int) -> subprocess.CompletedProcess:
+        proto = "udp" if port in udp else "tcp"
+        return env.plugin(env.a, "ADD", f"c0ffe{port}", _conf(port, f"10.244.0.{port - 8100}", proto))
+
+    with ThreadPoolExecutor(len(udp) + len(tcp)) as pool:
+        results = dict(zip(udp + tcp, pool.map(add, udp + tcp)))
+    assert [r["via"] for r in env.shim_lines()] == ["daemon"] * len(results)
+    for port, cp in results.items():
+        _ok(cp)
+        warnings = [ln for ln in cp.stderr.decode().splitlines() if "conntrack" in ln]
+        if port in udp:
+            assert len(warnings) == 1, cp.stderr
+            assert warnings[0].endswith(f"failed to delete stale UDP conntrack entries for ipv4 port {port}: "
+                                        f"[Errno 1] injected failure for {port}"), warnings
+        else:
+            assert warnings == [], cp.stderr
+    assert "conntrack" not in open(env.daemon_log).read()  # not lost in the daemon's log
+
+
+_STORM = ("import socket, sys\n"
+          "from nlportmap.shim import encode_request\n"
+          "frame = encode_request({b'CNI_COMMAND': b'VERSION', b'NLPORTMAP_LOCK_DIR': sys.argv[2].encode()}, b'')\n"
+          "for i in range(int(sys.argv[3])):\n"
+          "    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+          "    s.connect(sys.argv[1])\n"
+          "    if i % 2:\n"
+          "        s.sendall(frame)  # a valid request (accepted), then gone before the reply\n"
+          "    s.close()\n")
+
+
+def test_abandoned_connections_log_one_brief_line_each(env):
+    env.start_daemon()
+    n = 40
+    subprocess.run(["ip", "netns", "exec", env.a.name, sys.executable, "-c", _STORM, env.sock, env.lockdir,
+                    str(n)], check=True, timeout=60, env=env.base_env())
+    time.sleep(1)
+    _ok(env.plugin(env.a, "ADD", "c0ffee0c", _conf(3232)))  # still serving
+    log = open(env.daemon_log).read()
+    assert "Traceback" not in log and "BrokenPipeError: [Errno" not in log, log
+    assert "client hung up" in log, log
+    body = [ln for ln in log.splitlines() if "listening on" not in ln and "c0ffee0c" not in ln
+            and "done ADD" not in ln and "accepted ADD" not in ln]
+    assert len(body) <= 2 * n, log  # refusal (verbose) or hang-up: one line per connection
+    assert all(len(ln) < 160 for ln in body), log
+
+
+# ------------------------------------------------------------ a forged daemon
+_FORGED = ("import socket, sys\n"
+           "path, count = sys.argv[1], sys.argv[2]\n"
+           "srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+           "srv.bind(path)\n"
+           "srv.listen(8)\n"
+           "open(count, 'a').close()\n"
+           "out = b'{\"forged\": true}'\n"
+           "reply = b'A' + bytes(4) + b'R' + (8 + len(out)).to_bytes(4, 'big') + bytes(4)"
+           " + len(out).to_bytes(4, 'big') + out\n"
+           "while True:\n"
+           "    c, _ = srv.accept()\n"
+           "    got = 0\n"
+           "    try:\n"
+           "        c.sendall(reply)\n"
+           "        c.settimeout(1)\n"
+           "        while True:\n"
+           "            b = c.recv(65536)\n"
+           "            if not b:\n"
+           "                break\n"
+           "            got += len(b)\n"
+           "    except OSError:\n"
+           "        pass\n"
+           "    with open(count, 'a') as f:\n"
+           "        f.write('%d\\n' % got)\n"
+           "    c.close()\n")
+
+
+def test_a_listener_that_is_not_root_is_never_believed(env):
+    py = "/usr/bin/python3"
+    if not os.access(py, os.X_OK) or not shutil.which("setpriv"):
+        pytest.skip("needs /usr/bin/python3 and setpriv to run a server as nobody")
+    theirs = os.path.join(env.dir, "nobody")
+    os.mkdir(theirs, 0o700)
+    os.chown(theirs, 65534, 65534)
+    script = os.path.join(env.dir, "forged.py")
+    with open(script, "w") as f:
+        f.write(_FORGED)
+    os.chmod(script, 0o644)
+    sock, count = os.path.join(theirs, "f.sock"), os.path.join(theirs, "count")
+    server = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", py, "-I", "-S",
+                               script, sock, count], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(count):
+            assert server.poll() is None and time.monotonic() < deadline, "forged server did not start"
+            time.sleep(0.02)
+        # 1. its socket in its own directory; 2. the same socket moved into a root-owned
+        #    0755 directory (only SO_PEERCRED can tell)
+        moved = os.path.join(env.dir, "moved.sock")
+        for i, (path, why) in enumerate([(sock, "uid 65534, not root"), (moved, "uid 65534, not root")]):
+            if path == moved:
+                os.rename(sock, moved)
+            cid = f"c0ffee1{i}"
+            cp = env.plugin(env.a, "ADD", cid, _conf(3300 + i), NLPORTMAP_SOCKET=path)
+            _ok(cp)
+            assert b"forged" not in cp.stdout, cp.stdout
+            assert json.loads(cp.stdout)["ips"][0]["address"] == "10.244.0.2/24"
+            line = env.shim_lines()[-1]
+            assert line["via"] == "in-process" and why in line["reason"], line
+            assert f"{cid} tcp {3300 + i}" in env.elements(env.a)
+        deadline = time.monotonic() + 10
+        while len(open(count).read().split()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert open(count).read().split() == ["0", "0"]  # not one byte of any request reached it
+    finally:
+        kill_process(server)
+    # 3. a root daemon, but its socket in a directory others may write: not believed either
+    open_dir = os.path.join(env.dir, "open")
+    os.mkdir(open_dir)
+    os.chmod(open_dir, 0o777)
+    env.start_daemon(socket_args=("--socket", os.path.join(open_dir, "d.sock")))
+    cp = env.plugin(env.a, "ADD", "c0ffee19", _conf(3309), NLPORTMAP_SOCKET=os.path.join(open_dir, "d.sock"))
+    _ok(cp)
+    line = env.shim_lines()[-1]
+    assert line["via"] == "in-process" and "writable by group/others" in line["reason"], line
