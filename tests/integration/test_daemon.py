@@ -314,8 +314,8 @@ def _imported(stderr: bytes) -> set[str]:
     for line in stderr.decode(errors="replace").splitlines():
         m = re.match(r"import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", line)
         if m:
-            mods.add(m.group(1).split(".")[0])
-    return mods
+            mods.add(m.group(1))
+    return mods | {m.split(".")[0] for m in mods}  # full names and their top-level packages
 
 
 def test_shim_imports_nothing_heavy_on_the_daemon_path(env):
@@ -327,10 +327,13 @@ def test_shim_imports_nothing_heavy_on_the_daemon_path(env):
     assert "nlportmap" in mods  # the report is there at all
     assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
     assert not mods & {"os", "socket", "json", "re"}, sorted(mods & {"os", "socket", "json", "re"})
-    # control: the in-process path does import them, so the check above can fail
+    # control: the in-process path imports the request machinery, so the check above can fail
+    # (and, since the cold path went lean, still none of the heavy libraries: issue 10)
     cp = env.plugin(env.a, "DEL", "c0ffee07", _conf(4040), NLPORTMAP_DEBUG="imports", NLPORTMAP_SOCKET="none")
     _ok(cp)
-    assert set(HEAVY) - {"anyio"} <= _imported(cp.stderr)
+    got = _imported(cp.stderr)
+    assert {"nlportmap.skel", "nlportmap.plugin", "nlportmap.nft.backend"} <= got
+    assert not got & set(HEAVY), sorted(got & set(HEAVY))
 
 
 # ------------------------------------------------------------ socket activation
@@ -481,7 +484,9 @@ def test_abandoned_connections_log_one_brief_line_each(env):
     _ok(env.plugin(env.a, "ADD", "c0ffee0c", _conf(3232)))  # still serving
     log = open(env.daemon_log).read()
     assert "Traceback" not in log and "BrokenPipeError: [Errno" not in log, log
-    assert "client hung up" in log, log
+    # a client gone before the daemon read its namespace is refused, one gone later "hung up":
+    # which one each gets depends on scheduling, but each gets one short line
+    assert "client hung up" in log or "refused" in log, log
     body = [ln for ln in log.splitlines() if "listening on" not in ln and "c0ffee0c" not in ln
             and "done ADD" not in ln and "accepted ADD" not in ln]
     assert len(body) <= 2 * n, log  # refusal (verbose) or hang-up: one line per connection
