@@ -65,7 +65,6 @@ import struct
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 from .shim import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
@@ -130,23 +129,17 @@ def _hung_up(conn: socket.socket) -> bool:
 
 
 def _install_guard() -> None:
-    """Wrap :func:`nlportmap.lock.netns_lock` so that, once the lock is held, a request
-    whose shim hung up raises :class:`Abandoned` instead of touching the kernel."""
+    """Make every :class:`nlportmap.lock.netns_lock` of a request check, once the lock is
+    held, that the request's shim is still connected; if it hung up, :class:`Abandoned`
+    is raised instead of touching the kernel (the shim works in-process meanwhile)."""
     from . import lock
-    orig = getattr(lock, "_nlportmap_unguarded", None) or lock.netns_lock
 
-    @contextmanager
-    def guarded(*args, **kwargs):
-        with orig(*args, **kwargs) as path:
-            conn = getattr(_tls, "conn", None)
-            if conn is not None and _hung_up(conn):
-                raise Abandoned("the plugin process hung up (it works in-process); not committing")
-            yield path
+    def guard() -> None:
+        conn = getattr(_tls, "conn", None)
+        if conn is not None and _hung_up(conn):
+            raise Abandoned("the plugin process hung up (it works in-process); not committing")
 
-    lock._nlportmap_unguarded = orig
-    for name, mod in list(sys.modules.items()):
-        if (name == "nlportmap" or name.startswith("nlportmap.")) and getattr(mod, "netns_lock", None) is orig:
-            mod.netns_lock = guarded
+    lock.set_guard(guard)
 
 
 # ----------------------------------------------------------------- closer
