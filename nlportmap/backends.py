@@ -48,14 +48,15 @@ def make_backend(name: str):
     raise InternalError(f'unrecognized backend "{name}"')
 
 
-def _nft_probe():
+def _nft_probe(sock=None):
     """(reason or None, the probed NftBackend or None): nf_tables answers GETGEN here?
 
     GETGEN needs CAP_NET_ADMIN in the netns and a kernel with nf_tables, so it
-    is a sufficient and cheap probe; the backend (and its socket) is reused.
+    is a sufficient and cheap probe; the backend (and its socket, or ``sock`` if
+    given) is reused.
     """
     from .nft.backend import NftBackend
-    b = NftBackend()
+    b = NftBackend(sock)
     try:
         b.sock.genid()
         return None, b
@@ -64,7 +65,7 @@ def _nft_probe():
         return f"nf_tables not reachable over netlink: {e}", None
 
 
-def choose(conf, probe=None) -> tuple[str, object | None]:
+def choose(conf, probe=None, sock=None) -> tuple[str, object | None]:
     """(backend name, an already probed backend or None) for ``conf``.
 
     ``probe``: callable returning ``(reason | None, backend | None)``
@@ -76,7 +77,7 @@ def choose(conf, probe=None) -> tuple[str, object | None]:
     if _iptables_specific(conf):
         _log("backend iptables (config has iptables-only options)")
         return "iptables", None
-    reason, backend = (probe or _nft_probe)()
+    reason, backend = probe() if probe else _nft_probe(sock)
     if reason is None:
         _log("backend nftables (nf_tables answers over netlink)")
         return "nftables", backend
@@ -84,9 +85,10 @@ def choose(conf, probe=None) -> tuple[str, object | None]:
     return "iptables", None
 
 
-def select_backend(conf, probe=None):
-    """Instantiate the backend for ``conf``; checks the option/backend conflict."""
-    name, backend = choose(conf, probe)
+def select_backend(conf, probe=None, sock=None):
+    """Instantiate the backend for ``conf``; checks the option/backend conflict.
+    ``sock``: an open NETLINK_NETFILTER socket for the nftables backend to use."""
+    name, backend = choose(conf, probe, sock)
     from .netconf import check_backend_conflict
     check_backend_conflict(conf, name)
     return backend if backend is not None else make_backend(name)

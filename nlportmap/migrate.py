@@ -26,12 +26,12 @@ import time
 
 from .errors import KernelError, TryAgainLater
 from .lock import netns_lock, require_lock
+from .presence import UPSTREAM_TABLE
 
 __all__ = ["UPSTREAM_TABLE", "UPSTREAM_CHAINS", "cleanup_upstream"]
 
 #: Upstream nftables table (one per family ``ip``/``ip6``) and the chains holding
 #: per-container rules (§4.2; ``hostip_hostports`` is pre-v1.9.0 but still cleaned).
-UPSTREAM_TABLE = "cni_hostport"
 UPSTREAM_CHAINS = ("hostports", "hostip_hostports", "masquerading")
 _RETRY = {errno.ERESTART, errno.ENOENT, errno.EBUSY, errno.EINTR, errno.EAGAIN}
 _ATTEMPTS = 10
@@ -66,20 +66,11 @@ def _nft_cleanup(sock, owner, families) -> int:
     raise TryAgainLater(f"error deleting upstream nftables rules: ruleset kept changing ({_ATTEMPTS} attempts)")
 
 
-def _legacy_nat_present(fam: int) -> bool:
-    """Does this netns have an x_tables (legacy) ``nat`` table?  (thread-self: correct in setns threads)"""
-    name = "ip_tables_names" if fam == 4 else "ip6_tables_names"
-    try:
-        with open(f"/proc/thread-self/net/{name}") as f:
-            return "nat" in f.read().split()
-    except OSError:
-        return False
-
-
 def _ipt_may_hold(sock, fam: int, names) -> bool:
     """Cheap pre-check (no exec): one of the chains ``names`` exists in iptables-nft's
     ``nat`` table, or a legacy ``nat`` table exists (then only ``iptables-save`` can tell)."""
-    if _legacy_nat_present(fam):
+    from .presence import legacy_nat_present
+    if legacy_nat_present(fam):
         return True
     if sock is None:
         return True

@@ -26,6 +26,7 @@ class Plugin:
         self._backend = backend
         #: an exec'd process (no event loop of its own): side effects run one after another
         self._cold = cold
+        self._sock = None
         self.timings: dict[str, float] = {}
         self.last_plan = None
         #: perf_counter() when main() started: the time until a handler runs is "decode"
@@ -49,7 +50,7 @@ class Plugin:
         if self._backend is not None:
             return self._backend
         from .backends import select_backend
-        self._backend = select_backend(conf)
+        self._backend = select_backend(conf, sock=self._sock)
         return self._backend
 
     def _plan(self, req, prev: dict | None):
@@ -150,6 +151,11 @@ class Plugin:
             prev = None
         plan = self._plan(req, prev)
         t = self._lap("plan", t)
+        if self._owns_nothing(plan):  # e.g. containerd's second DEL: lookups by name, nothing else
+            self._lap("presence", t)
+            self._report("DEL")
+            return
+        t = self._lap("presence", t)
         backend = self.backend_for(req.conf)
         backend.unforward(plan)
         t = self._lap("transaction", t)
@@ -158,6 +164,27 @@ class Plugin:
         self._cleanup_upstream(plan, backend)
         self._lap("upstream_cleanup", t)
         self._report("DEL")
+
+    def _owns_nothing(self, plan) -> bool:
+        """True when ``plan.owner`` certainly holds nothing of ours or of upstream portmap's
+        (:func:`nlportmap.presence.owns_nothing`); False when unsure."""
+        sock = getattr(self._backend, "sock", None) if self._backend is not None else self._nft_socket()
+        if sock is None:
+            return False
+        from .presence import owns_nothing
+        return owns_nothing(sock, plan)
+
+    def _nft_socket(self):
+        """This request's NETLINK_NETFILTER socket (shared with the backend it selects), or
+        None without nf_tables.  One socket per process: closing one after a commit that
+        deleted objects waits for nf_tables' RCU-deferred cleanup (10-20 ms)."""
+        if self._sock is None:
+            from .nft.wire import NetfilterSocket
+            try:
+                self._sock = NetfilterSocket()
+            except OSError:
+                return None
+        return self._sock
 
     @staticmethod
     def _cleanup_nftables(plan) -> None:

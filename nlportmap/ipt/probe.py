@@ -27,15 +27,6 @@ import struct
 __all__ = ["ChainProbe"]
 
 
-def _legacy_nat_present(fam: int) -> bool:
-    name = "ip_tables_names" if fam == 4 else "ip6_tables_names"
-    try:
-        with open(f"/proc/thread-self/net/{name}") as f:
-            return "nat" in f.read().split()
-    except OSError:
-        return False
-
-
 class ChainProbe:
     """``may_hold(fam, names)``: False only when none of the chains ``names`` can exist
     in family ``fam``'s ``nat`` table.  Opens one netlink socket lazily; :meth:`close`."""
@@ -84,7 +75,8 @@ class ChainProbe:
         return True
 
     def may_hold(self, fam: int, names) -> bool:
-        if _legacy_nat_present(fam):
+        from ..presence import legacy_nat_present
+        if legacy_nat_present(fam):
             return True
         for name in names:
             found = self.chain_exists(fam, name)

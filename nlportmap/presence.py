@@ -1,0 +1,101 @@
+"""Does an attachment own anything in the kernel?  Lookups by name, never a dump.
+
+containerd sends every pod's DEL twice; the second one (``CNI_NETNS`` empty, no
+prevResult) finds nothing, and busy nodes send many DELs for containers that own
+nothing.  Such a DEL must cost next to nothing: no ruleset dump, no iptables tool,
+no transaction.  :func:`owns_nothing` answers it with one netlink round trip of
+single-object lookups on one socket:
+
+* nlportmap's nftables state: slot 0 of the owner's manifest in ``owned`` (an ADD
+  writes it in the same batch as the mappings) and, for state without a manifest,
+  the forward and claim keys of this config's mappings (both families);
+* upstream portmap's nftables state: the ``cni_hostport`` table (per family);
+* upstream's (and our iptables backend's) per-container chains
+  ``CNI-DN-<hash>``/``CNI-SN-<hash>`` in iptables-nft's ``nat`` table.
+
+It may only ever save work, never skip a clean-up: whatever it cannot rule out
+(a legacy x_tables ``nat`` table, which netlink cannot see; an upstream
+``cni_hostport`` table, whose rules are matched by comment; any lookup error)
+counts as "may own something".  Standard library only (cold path).
+"""
+from __future__ import annotations
+
+import errno
+import struct
+
+from .ipt.names import dn_chain, sn_chain
+from .nft import layout as L
+from .nft import wire as W
+from .plan import Owner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import Plan  # noqa: F811
+
+__all__ = ["UPSTREAM_TABLE", "legacy_nat_present", "owns_nothing"]
+
+#: upstream portmap's nftables table (one per family; reference portmap-behaviour.md §4.2)
+UPSTREAM_TABLE = "cni_hostport"
+
+
+def legacy_nat_present(fam: int) -> bool:
+    """Does this netns have an x_tables (legacy) ``nat`` table for family ``fam``?
+    (``/proc/thread-self/net``: correct in a thread that setns()ed.)"""
+    name = "ip_tables_names" if fam == 4 else "ip6_tables_names"
+    try:
+        with open(f"/proc/thread-self/net/{name}", "rb") as f:
+            return b"nat" in f.read().split()
+    except OSError:
+        return False
+
+
+def _get(family: int, mtype: int, attrs: bytes, seq: int) -> bytes:
+    body = struct.pack("!BBH", family, 0, 0) + attrs
+    return W._header(len(body), mtype, W.NLM_F_REQUEST, seq) + body
+
+
+def owns_nothing(sock: W.NetfilterSocket, plan: Plan) -> bool:
+    """True only if ``plan.owner`` (its tag, network and container ID) certainly owns no
+    nftables element of ours, no upstream nftables rule and no ``CNI-DN``/``CNI-SN``
+    chain in this netns.  ``plan.host_keys`` are the config's mappings (both families)."""
+    if legacy_nat_present(4) or legacy_nat_present(6):
+        return False
+    me = plan.owner.tag
+    reqs: list[bytes] = []
+    seqs: list[int] = []
+
+    def ask(family: int, mtype: int, attrs: bytes) -> None:
+        seq = sock.next_seq()
+        reqs.append(_get(family, mtype, attrs, seq))
+        seqs.append(seq)
+
+    table = W._nlstr(1, L.TABLE)
+    for fam in (4, 6):
+        f = W.FAMILY[fam]
+        ask(f, W.GETSETELEM, table + W._nlstr(2, L.OWNED) + W.nla(3, W._elem(L.record_key(me, 0), None, None)))
+        ask(f, W.GETTABLE, W._nlstr(1, UPSTREAM_TABLE))
+        for chain in (dn_chain(plan.owner.network, plan.owner.container_id),
+                      sn_chain(plan.owner.network, plan.owner.container_id)):
+            ask(f, W.GETCHAIN, W._nlstr(1, "nat") + W._nlstr(3, chain))
+    for fam, proto, hip, port in plan.host_keys:
+        s, k = L.forward_key(fam, proto, hip, port)
+        ask(W.FAMILY[fam], W.GETSETELEM, table + W._nlstr(2, s) + W.nla(3, W._elem(k, None, None)))
+        ask(W.FAMILY[fam], W.GETSETELEM,
+            table + W._nlstr(2, L.CLAIMS) + W.nla(3, W._elem(L.claim_key(proto, hip, port, me), None, None)))
+    try:
+        res = sock.request(reqs, seqs)
+    except OSError:
+        return False
+    for seq in seqs:
+        r = res[seq]
+        if isinstance(r, int):
+            if r != errno.ENOENT:
+                return False  # cannot tell
+            continue
+        # found something: ours only if it is an element whose comment names this owner
+        for raw in r:
+            if (raw[4] | raw[5] << 8) & 0xFF != W.NEWSETELEM:
+                return False  # a table or chain that may hold our state
+            if any(e.comment is None or Owner.tag_of(e.comment) == me for e in W.parse_elems(raw)):
+                return False
+    return True
