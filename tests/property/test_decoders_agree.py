@@ -29,13 +29,17 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
+from props_strategies import COMMANDS, decoder_inputs, requests, stdin_bytes
 
 from nlportmap import jsonio, skel
 from nlportmap.config import parse_config
 from nlportmap.errors import CNIError
-from nlportmap.netconf import backend_specific_options, check_backend_conflict, decode_fast
+from nlportmap.netconf import (
+    backend_specific_options,
+    check_backend_conflict,
+    decode_fast,
+)
 from nlportmap.plan import Owner, make_plan
-from props_strategies import COMMANDS, decoder_inputs, requests, stdin_bytes
 
 SETTINGS = dict(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
@@ -76,7 +80,7 @@ def project(conf, ifname: str = "eth0", cid: str = "c1") -> list:
                  "externalSetMarkChain", "conditionsV4", "conditionsV6", "prevResult", "conflictPolicy",
                  "conflict_policy", "hostPortListeners", "runtimeListenerProcesses", "serviceProxyInterfaces",
                  "service_proxy_interfaces", "warnings", "command"):
-        out.append((name, attempt(lambda: getattr(conf, name))))
+        out.append((name, attempt(lambda name=name: getattr(conf, name))))
     out.append(("portMappings", attempt(lambda: mapping_tuples(conf))))
     out.append(("echo_result", attempt(conf.echo_result)))
     out.append(("container_ips", attempt(lambda: conf.container_ips(ifname))))
@@ -84,7 +88,7 @@ def project(conf, ifname: str = "eth0", cid: str = "c1") -> list:
     out.append(("parsed_conditions(6)", attempt(lambda: conf.parsed_conditions(6))))
     out.append(("backend_specific_options", attempt(lambda: backend_specific_options(conf))))
     for chosen in ("nftables", "iptables"):
-        out.append((f"check_backend_conflict({chosen})", attempt(lambda: check_backend_conflict(conf, chosen))))
+        out.append((f"check_backend_conflict({chosen})", attempt(lambda chosen=chosen: check_backend_conflict(conf, chosen))))
     out.append(("plan", attempt(lambda: plan_view(conf, ifname, cid))))
     return out
 
@@ -268,7 +272,7 @@ commands_for_env = st.sampled_from(("ADD", "ADD", "DEL", "DEL", "CHECK", "GC", "
 @settings(max_examples=1200, **SETTINGS)
 @given(inp=decoder_inputs(), data=st.data())
 def test_lean_and_full_paths_print_the_same(inp, data):
-    command, env, conf = inp
+    _command, env, conf = inp
     if data.draw(st.integers(0, 9)) == 0:
         env = dict(env, CNI_COMMAND=data.draw(commands_for_env))
     stdin = data.draw(stdin_bytes(conf))
