@@ -75,6 +75,11 @@ def loads(data: bytes | str) -> object:
         text = data
         if "\\ud" in text or "\\uD" in text:
             raise Unsupported("surrogate escape")
+        if not text.isascii():
+            try:  # a lone surrogate character: msgspec cannot encode the text (UnicodeEncodeError)
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Unsupported("lone surrogate") from None
     n = len(text)
     i = 0
     while i < n and text[i] in _WS:

@@ -420,9 +420,11 @@ def _decode(obj: dict, command: str) -> FastConf:
             from .addr import parse_ip
             parse_ip(m.hostIP)  # ValueError defers
         m.protocol = proto
-    if condition_style(c.conditionsV4) or condition_style(c.conditionsV6) or c.externalSetMarkChain is not None:
+    if c.conditionsV4 or c.conditionsV6 or c.externalSetMarkChain is not None:
         # nftables conditions need the conditions grammar, iptables tokens their own checks,
-        # and either selects work (the grammar, iptables-restore) that dwarfs decoding
+        # and either selects work (the grammar, iptables-restore) that dwarfs decoding.  Any
+        # non-empty list, not just one with a style: parse_config parses a list whose first
+        # token is "" (no style) in full, and may reject or warn about it.
         raise _Defer
     d["_conditions"] = {4: (), 6: ()}
     if c.conflictPolicy is not None and c.conflictPolicy not in CONFLICT_POLICIES:
