@@ -68,7 +68,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-from .shim import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
+from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
 
 __all__ = ["Daemon", "main", "PER_REQUEST_ENV", "Abandoned"]
 
