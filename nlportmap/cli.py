@@ -93,7 +93,7 @@ def cmd_list(args) -> int:
         try:
             b = make_backend(n)
             rows += b.list()
-        except Exception as e:  # noqa: BLE001 - a missing backend just has nothing to list
+        except Exception as e:  # a missing backend just has nothing to list
             if args.backend != "all":
                 print(f"nlportmap: {n}: {e}", file=sys.stderr)
                 return 1

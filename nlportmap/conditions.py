@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidConfig
 
-__all__ = ["Match", "parse_conditions", "ADDR_FIELDS", "NAME_FIELDS", "IFNAME_MAX"]
+__all__ = ["ADDR_FIELDS", "IFNAME_MAX", "NAME_FIELDS", "Match", "parse_conditions"]
 
 #: Address fields (matched against the IPv4/IPv6 header).
 ADDR_FIELDS = ("saddr", "daddr")

@@ -60,10 +60,23 @@ from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, DEFAULT_SER
                       parse_family_conditions)
 
 __all__ = [
-    "PortMapping", "RuntimeConfig", "Attachment", "IPAM", "DNS", "NetConf",
-    "parse_config", "check_backend_conflict", "backend_specific_options", "condition_style",
-    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "BACKENDS", "PROTOCOLS",
-    "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
+    "BACKENDS",
+    "CONFLICT_POLICIES",
+    "DEFAULT_MARK_BIT",
+    "DEFAULT_SERVICE_PROXY_INTERFACES",
+    "DNS",
+    "IPAM",
+    "PORT_MAX",
+    "PORT_MIN",
+    "PROTOCOLS",
+    "Attachment",
+    "NetConf",
+    "PortMapping",
+    "RuntimeConfig",
+    "backend_specific_options",
+    "check_backend_conflict",
+    "condition_style",
+    "parse_config",
 ]
 
 _VALID_ATTACHMENTS = VALID_ATTACHMENTS

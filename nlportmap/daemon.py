@@ -70,7 +70,7 @@ from contextvars import ContextVar
 
 from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
 
-__all__ = ["Daemon", "main", "PER_REQUEST_ENV", "Abandoned"]
+__all__ = ["PER_REQUEST_ENV", "Abandoned", "Daemon", "main"]
 
 #: NLPORTMAP_* variables the daemon honours per request; NLPORTMAP_DAEMON_* are the daemon's
 #: own settings; every other NLPORTMAP_* must be equal in the request and the daemon's env.
@@ -335,7 +335,7 @@ class Daemon:
         try:
             probe.connect(self.path)
             raise StartupError(f"another daemon is listening on {self.path}")
-        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+        except (TimeoutError, ConnectionRefusedError, FileNotFoundError):
             pass
         except OSError as e:
             raise StartupError(f"cannot probe {self.path}: {e.strerror}") from None
@@ -397,7 +397,7 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 if (self.idle_exit and not self._active
                         and time.monotonic() - self._last_busy >= self.idle_exit):
                     _log(f"idle for {self.idle_exit:g}s: exiting (socket activation starts it again)")
@@ -441,7 +441,7 @@ class Daemon:
             # a shim that gave up (deadline) or a client that just connected and left:
             # nothing was started for it; one brief line, never a traceback
             _log(f"client hung up before its request was answered ({type(e).__name__})")
-        except Exception as e:  # noqa: BLE001 - never let one request kill the daemon
+        except Exception as e:  # never let one request kill the daemon
             _log(f"request failed: {type(e).__name__}: {e}")
         finally:
             conn.close()
@@ -641,7 +641,7 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
     except StartupError as e:
         sys.__stderr__.write(f"nlportmap daemon: {e}\n")
         return 1
-    except Exception as e:  # noqa: BLE001 - one line, then exit: never a live process that cannot serve
+    except Exception as e:  # one line, then exit: never a live process that cannot serve
         if serving:
             raise
         sys.__stderr__.write(f"nlportmap daemon: cannot start: {type(e).__name__}: {e}\n")

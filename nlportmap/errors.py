@@ -9,10 +9,21 @@ plugin prints on **stdout** and follows with exit status 1.
 from __future__ import annotations
 
 __all__ = [
-    "CNIError", "IncompatibleVersion", "UnsupportedField", "UnknownContainer",
-    "InvalidEnvironment", "IOFailure", "DecodeFailure", "InvalidConfig",
-    "InvalidNetns", "TryAgainLater", "NotAvailable", "LimitedConnectivity",
-    "InternalError", "KernelError", "error_json",
+    "CNIError",
+    "DecodeFailure",
+    "IOFailure",
+    "IncompatibleVersion",
+    "InternalError",
+    "InvalidConfig",
+    "InvalidEnvironment",
+    "InvalidNetns",
+    "KernelError",
+    "LimitedConnectivity",
+    "NotAvailable",
+    "TryAgainLater",
+    "UnknownContainer",
+    "UnsupportedField",
+    "error_json",
 ]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import _json
 
-__all__ = ["Unsupported", "loads", "dumps"]
+__all__ = ["Unsupported", "dumps", "loads"]
 
 _WS = " \t\n\r"
 

@@ -27,7 +27,7 @@ import time
 from .errors import KernelError, TryAgainLater
 from .lock import netns_lock, require_lock
 
-__all__ = ["UPSTREAM_TABLE", "UPSTREAM_CHAINS", "cleanup_upstream"]
+__all__ = ["UPSTREAM_CHAINS", "UPSTREAM_TABLE", "cleanup_upstream"]
 
 #: Upstream nftables table (one per family ``ip``/``ip6``) and the chains holding
 #: per-container rules (§4.2; ``hostip_hostports`` is pre-v1.9.0 but still cleaned).

@@ -13,7 +13,7 @@ from __future__ import annotations
 from . import addr
 
 
-__all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COMMENT_MAX"]
+__all__ = ["OWNER_COMMENT_MAX", "Forward", "Listed", "Masq", "Owner", "Plan", "make_plan"]
 
 
 class _Record:
@@ -30,7 +30,7 @@ class _Record:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def replace(self, **changes: object) -> "_Record":
+    def replace(self, **changes: object) -> _Record:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         new = object.__new__(type(self))
         new._init(**{k: changes.pop(k, getattr(self, k)) for k in self.__slots__})
@@ -111,7 +111,7 @@ class Owner(_Record):
         return None
 
     @staticmethod
-    def parse(comment: str | None) -> "Owner | None":
+    def parse(comment: str | None) -> Owner | None:
         """Rebuild an owner from a stored comment (for listings and GC)."""
         tag = Owner.tag_of(comment)
         if not tag or "/" not in tag:
@@ -241,7 +241,7 @@ class Plan(_Record):
         return "\n".join(lines)
 
 
-def _norm_host_ip(host_ip: str | None, fam: int) -> "str | None | bool":
+def _norm_host_ip(host_ip: str | None, fam: int) -> str | bool | None:
     """hostIP for family ``fam``: None = any address, False = other family (skip)."""
     if not host_ip:
         return None
@@ -258,7 +258,7 @@ class Listed(_Record):
 
     __slots__ = ("owner", "family", "proto", "host_ip", "host_port", "container_ip", "container_port",
                  "backend", "state")
-    owner: "Owner | None"
+    owner: Owner | None
     family: int
     proto: str
     host_ip: str | None
@@ -269,7 +269,7 @@ class Listed(_Record):
     #: "active" (packets use it) or "shadowed" (taken over by a newer ADD; restored on its DEL)
     state: str
 
-    def __init__(self, owner: "Owner | None", family: int, proto: str, host_ip: str | None, host_port: int,
+    def __init__(self, owner: Owner | None, family: int, proto: str, host_ip: str | None, host_port: int,
                  container_ip: str, container_port: int, backend: str, state: str = "active") -> None:
         self._init(owner=owner, family=family, proto=proto, host_ip=host_ip, host_port=host_port,
                    container_ip=container_ip, container_port=container_port, backend=backend, state=state)

@@ -36,7 +36,7 @@ TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any
 
-__all__ = ["RESULT_FAMILIES", "result_family", "decode_prev_result", "container_ips"]
+__all__ = ["RESULT_FAMILIES", "container_ips", "decode_prev_result", "result_family"]
 
 #: family name -> the ``cniVersion`` strings its result type accepts, in
 #: upstream's order (``pkg/types/020``, ``040``, ``100`` ``SupportedVersions``).

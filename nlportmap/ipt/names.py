@@ -11,7 +11,7 @@ try:  # the C module directly: 'hashlib' costs ~1.7 ms of a cold start
 except ImportError:  # pragma: no cover - other builds
     from hashlib import sha512 as _sha512
 
-__all__ = ["DN_PREFIX", "SN_PREFIX", "MAX_CHAIN_NAME", "chain_name", "dn_chain", "sn_chain"]
+__all__ = ["DN_PREFIX", "MAX_CHAIN_NAME", "SN_PREFIX", "chain_name", "dn_chain", "sn_chain"]
 
 DN_PREFIX = "CNI-DN-"
 SN_PREFIX = "CNI-SN-"

@@ -145,7 +145,7 @@ def ifname_match(which: str, name: str, negate: bool = False) -> list:
 class Pr2Msg:
     """A pyroute2-built nf_tables message in an op (see :mod:`nlportmap.nft.wire`)."""
 
-    __slots__ = ("msg", "family", "names")
+    __slots__ = ("family", "msg", "names")
 
     def __init__(self, msg: Any, family: int, names: tuple[str, ...]) -> None:
         self.msg = msg

@@ -116,7 +116,7 @@ class RawMsg:
     message in errors.
     """
 
-    __slots__ = ("family", "names", "body")
+    __slots__ = ("body", "family", "names")
 
     def __init__(self, family: int, names: tuple[str, ...], attrs: bytes):
         self.family = family
@@ -244,7 +244,7 @@ def udata_comment(b: bytes | None) -> str | None:
 class Elem:
     """A set/map element as read back: raw key/data bytes and the comment."""
 
-    __slots__ = ("key", "data", "comment")
+    __slots__ = ("comment", "data", "key")
 
     def __init__(self, key: bytes, data: bytes | None, comment: str | None) -> None:
         self.key = key
@@ -278,7 +278,7 @@ def parse_elems(msg: bytes) -> list[Elem]:
 class RuleInfo:
     """A rule as read back: its handle and comment."""
 
-    __slots__ = ("handle", "comment")
+    __slots__ = ("comment", "handle")
 
     def __init__(self, handle: int, comment: str | None) -> None:
         self.handle = handle

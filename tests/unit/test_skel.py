@@ -416,7 +416,7 @@ def test_parse_version_and_validators():
     with pytest.raises(InvalidConfig):
         skel.validate_network_name("-x")
     skel.validate_container_id("a" * 200)
-    assert skel.SUPPORTED_VERSIONS == tuple(SUPPORTED)
+    assert tuple(SUPPORTED) == skel.SUPPORTED_VERSIONS
 
 
 # --- fuzz -------------------------------------------------------------------------------------
