@@ -176,7 +176,7 @@ _conflict = conflict_error
 
 # --- decoding -------------------------------------------------------------------
 
-_TOP_KEYS = tuple(f.encode_name for f in msgspec.structs.fields(NetConf)) + (_LEGACY_ATTACHMENTS,)
+_TOP_KEYS = (*(f.encode_name for f in msgspec.structs.fields(NetConf)), _LEGACY_ATTACHMENTS)
 _MAPPING_KEYS = ("hostPort", "containerPort", "protocol", "hostIP")
 _ATTACHMENT_KEYS = ("containerID", "ifname")
 _DNS_KEYS = ("nameservers", "domain", "search", "options")

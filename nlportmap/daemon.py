@@ -65,7 +65,7 @@ import struct
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 
 from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
@@ -254,10 +254,8 @@ class Daemon:
         import msgspec  # noqa: F401
         from .nft import layout as L
         from .nft import netlink as N
-        try:
+        with suppress(ImportError):
             from .ipt import backend as _ipt  # noqa: F401
-        except ImportError:
-            pass
         for fam in (4, 6):  # first encode of each message class is the slow one
             for i, op in enumerate(L.skeleton(fam, None)):
                 N.encode(op, i + 1)
@@ -307,7 +305,7 @@ class Daemon:
                 return self._pool.pop()
         from .nft.backend import NftBackend
         b = NftBackend()
-        b.sock  # open it now (in the daemon's namespace)
+        _ = b.sock  # open it now (in the daemon's namespace)
         return b
 
     def give_backend(self, b) -> None:
@@ -341,10 +339,8 @@ class Daemon:
             raise StartupError(f"cannot probe {self.path}: {e.strerror}") from None
         finally:
             probe.close()
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.path)  # stale socket of a dead daemon
-        except FileNotFoundError:
-            pass
 
     def bind(self) -> None:
         self.preflight()
@@ -365,10 +361,8 @@ class Daemon:
     def adopt(self, s: socket.socket) -> None:
         """Serve an inherited (socket-activated) listening socket; its file is not ours to remove."""
         self._listener = s
-        try:
+        with suppress(OSError):
             self.path = s.getsockname() or self.path
-        except OSError:
-            pass
 
     def stop(self, *_args) -> None:
         self._stop.set()
@@ -426,10 +420,8 @@ class Daemon:
     def _refuse(self, conn: socket.socket, reason: str) -> None:
         if self.verbose:
             _log(f"refused: {reason}")
-        try:
+        with suppress(OSError):
             self._send(conn, b"X", reason.encode())
-        except OSError:
-            pass
 
     def _serve_conn(self, conn: socket.socket) -> None:
         with self._active_lock:
@@ -492,10 +484,8 @@ class Daemon:
         if self.test_delay:
             time.sleep(self.test_delay)
         status, out, err = self.run_request(env, stdin, conn, t0)
-        try:
+        with suppress(OSError):  # the shim is gone; it does the work itself
             self._send(conn, b"R", struct.pack("!iI", status, len(out)) + out + err)
-        except OSError:
-            pass  # the shim is gone; it does the work itself
         if self.verbose:
             _log(f"done {env.get('CNI_COMMAND', '?')} status {status} "
                  f"in {(time.perf_counter() - t0) * 1000:.1f} ms")

@@ -134,7 +134,8 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None,
                         from .ipt.backend import IptBackend
                         ipt = IptBackend()
                     b = ipt
-                    total += b.teardown_chains(fam, [dn, sn], f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat")
+                    what = f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat"
+                    total += b.teardown_chains(fam, [dn, sn], what)
     finally:
         if own and sock is not None:
             sock.close()

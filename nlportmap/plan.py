@@ -47,7 +47,7 @@ class _Record:
         return self._astuple() == other._astuple()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__,) + self._astuple())
+        return hash((type(self).__name__, *self._astuple()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"

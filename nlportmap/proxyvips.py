@@ -129,8 +129,9 @@ class _Conn:
         s = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             for opt in (NETLINK_GET_STRICT_CHK, NETLINK_EXT_ACK):
-                try:  # without strict checking (kernels < 4.20) the dump is not
-                    s.setsockopt(SOL_NETLINK, opt, 1)  # filtered: address_of() filters
+                # without strict checking (kernels < 4.20) the dump is not filtered: address_of() filters
+                try:  # noqa: SIM105 (cold exec path: no contextlib import for this)
+                    s.setsockopt(SOL_NETLINK, opt, 1)
                 except OSError:
                     pass
             s.bind((0, 0))
@@ -176,9 +177,9 @@ def proxy_addresses(names, timeout: float = 5.0) -> dict[int, list[bytes]]:
     conn = _Conn(timeout)
     try:
         seqs = list(range(1, len(names) + 1))
-        got = conn.exchange([getlink_request(n, q) for n, q in zip(names, seqs)], seqs)
+        got = conn.exchange([getlink_request(n, q) for n, q in zip(names, seqs, strict=True)], seqs)
         indexes = []
-        for name, q in zip(names, seqs):
+        for name, q in zip(names, seqs, strict=True):
             r = got[q]
             if isinstance(r, int):
                 if r == ENODEV:

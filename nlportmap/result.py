@@ -6,13 +6,12 @@ result as ``prevResult``, must decode it according to the **config's**
 ``cniVersion`` and must print it (possibly modified) as its own ADD result in
 that version.  Result shapes come in three families:
 
-=========  ================================  ==========================================
-family     versions                          shape
-=========  ================================  ==========================================
-``0.2.x``  ``""``, ``0.1.0``, ``0.2.0``      ``ip4``/``ip6`` objects (``ip``, ``gateway``, ``routes``), ``dns``
-``0.4.x``  ``0.3.0``, ``0.3.1``, ``0.4.0``   ``interfaces[]``, ``ips[]`` (``version``, ``interface``, ``address``, ``gateway``), ``routes[]``, ``dns``
-``1.x``    ``1.0.0``, ``1.1.0``              like 0.4.x without ``ips[].version``; extra interface/route fields
-=========  ================================  ==========================================
+``0.2.x`` (versions ``""``, ``0.1.0``, ``0.2.0``)
+    ``ip4``/``ip6`` objects (``ip``, ``gateway``, ``routes``), ``dns``
+``0.4.x`` (versions ``0.3.0``, ``0.3.1``, ``0.4.0``)
+    ``interfaces[]``, ``ips[]`` (``version``, ``interface``, ``address``, ``gateway``), ``routes[]``, ``dns``
+``1.x`` (versions ``1.0.0``, ``1.1.0``)
+    like 0.4.x without ``ips[].version``; extra interface/route fields
 
 Like Go's ``version.ParsePrevResult`` a prevResult without a version is taken
 to be in the config's version; one with a version of another family is

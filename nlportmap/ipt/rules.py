@@ -111,7 +111,8 @@ SNAT_CHAIN = "CNI-HOSTPORT-SNAT"
 GUARD_TABLE = "raw"
 LOCALNET_CHAIN = "CNI-HOSTPORT-LOCALNET"
 LOCALNET_JUMP_COMMENT = "CNI portfwd localnet guard"
-LOCALNET_COMMENT = "CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces"          # legacy entry chain of CNI-SN-<hash> (§3.2, §3.9)
+LOCALNET_COMMENT = "CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces"
+#: legacy entry chains of CNI-SN-<hash> (§3.2, §3.9)
 TOPLEVEL_ENTRY_CHAINS = ("PREROUTING", "OUTPUT")
 #: ``-m multiport`` takes at most 15 ports (§3.5).
 MULTIPORT_MAX = 15
@@ -215,10 +216,10 @@ def container_rules(family: int, forwards, *, snat: bool, masq_all: bool,
         if f.host_ip:
             base += ["-d", f.host_ip]
         if snat:
-            out.append(base + ["-s", src, "-j", mark_chain])
+            out.append([*base, "-s", src, "-j", mark_chain])
             if family == 4 and not masq_all:
-                out.append(base + ["-s", "127.0.0.1", "-j", mark_chain])
-        out.append(base + ["-j", "DNAT", "--to-destination", dnat_target(family, f.container_ip, f.container_port)])
+                out.append([*base, "-s", "127.0.0.1", "-j", mark_chain])
+        out.append([*base, "-j", "DNAT", "--to-destination", dnat_target(family, f.container_ip, f.container_port)])
     return out
 
 
@@ -284,7 +285,7 @@ def container_chain(plan, family: int) -> ContainerChain:
     rules = container_rules(family, fws, snat=plan.snat, masq_all=plan.masq_all,
                             container_cidr=cidr, mark_chain=mark_chain)
     conds = (plan.raw_conditions or {}).get(family)
-    entries = [r + ["-j", name] for r in entry_match_rules(plan.all_mappings, o.network, o.container_id, conds)]
+    entries = [[*r, "-j", name] for r in entry_match_rules(plan.all_mappings, o.network, o.container_id, conds)]
     return ContainerChain(family, name, tuple(tuple(r) for r in rules), tuple(tuple(r) for r in entries),
                           plan.snat, plan.external_mark_chain, plan.mark_bit)
 

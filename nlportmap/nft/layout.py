@@ -60,7 +60,7 @@ PROXY_VIPS = "proxy_vips"
 #: sets whose elements name their owner in their comment (DEL, GC and list scan these)
 SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS, OWNED)
 #: every set the skeleton creates (CHECK verifies they exist)
-ALL_SETS = SETS + (PROXY_VIPS,)
+ALL_SETS = (*SETS, PROXY_VIPS)
 
 
 def alen(fam: int) -> int:
@@ -289,17 +289,19 @@ def skeleton(fam: int, conds) -> list:
     for alt in compile_conditions(fam, conds):
         for c in ("prerouting", "output"):
             ops.append(N.rule(F, T, c, alt + N.fib_daddr_local() + [N.verdict(N.NFT_JUMP, "hostports")], comment=fp))
-    ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
-        N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
+    ops.append(N.rule(F, T, "postrouting", [
+        *N.ct_status_dnat(), N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
         N.lookup(MASQ_PAIRS, N.REG_1), N.masq()], comment=fp))
-    ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
-        N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()], comment=fp))
+    ops.append(N.rule(F, T, "postrouting", [
+        *N.ct_status_dnat(), N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()],
+        comment=fp))
     if fam == 4:
         ops.append(N.chain(F, T, "localnet_guard", "prerouting", -300, ctype="filter",
                            comment="drop packets to 127.0.0.0/8 from non-loopback interfaces (CVE-2020-8558)"))
         ops.append(N.flush_chain(F, T, "localnet_guard"))
-        ops.append(N.rule(F, T, "localnet_guard", N.ifname_match("iifname", "lo", True)
-                          + [N.payload(1, 16, 1), N.cmp(b"\x7f"), N.counter(), N.verdict(N.NF_DROP)],
+        ops.append(N.rule(F, T, "localnet_guard",
+                          [*N.ifname_match("iifname", "lo", True),
+                           N.payload(1, 16, 1), N.cmp(b"\x7f"), N.counter(), N.verdict(N.NF_DROP)],
                           comment=fp))
     return ops
 

@@ -39,7 +39,7 @@ from pyroute2.netlink.nfnetlink import nftsocket as nfts  # noqa: E402
 
 # ---------------------------------------------------------------- expressions
 def _e(name: str, attrs: list) -> dict:
-    p = "NFTA_%s_" % name.upper()
+    p = f"NFTA_{name.upper()}_"
     return {"attrs": [("NFTA_EXPR_NAME", name),
                       ("NFTA_EXPR_DATA", {"attrs": [(p + k.upper(), v) for k, v in attrs]})]}
 
@@ -132,10 +132,7 @@ def ifname_match(which: str, name: str, negate: bool = False) -> list:
     """``iifname|oifname [!=] NAME`` (trailing ``*`` = prefix match), as nft encodes it."""
     key = META_IIFNAME if which == "iifname" else META_OIFNAME
     op = CMP_NEQ if negate else CMP_EQ
-    if name.endswith("*"):
-        data = name[:-1].encode()
-    else:
-        data = name.encode() + b"\0"
+    data = name[:-1].encode() if name.endswith("*") else name.encode() + b"\0"
     if not data:
         return [] if not negate else [meta(META_NFPROTO), cmp(b"\xff")]
     return [meta(key), cmp(data, op)]

@@ -311,7 +311,7 @@ class NetfilterSocket:
         except OSError:
             pass
         for opt in (SO_SNDBUFFORCE, SO_RCVBUFFORCE):
-            try:
+            try:  # noqa: SIM105 (cold exec path: no contextlib import for this)
                 s.setsockopt(_socket.SOL_SOCKET, opt, sndbuf)
             except OSError:
                 pass
@@ -346,7 +346,7 @@ class NetfilterSocket:
             except BlockingIOError:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError("netlink: no answer from the kernel in time")
+                    raise TimeoutError("netlink: no answer from the kernel in time") from None
                 select.select([self.sock], [], [], left)
 
     def messages(self, deadline: float):
