@@ -50,11 +50,11 @@ def load() -> None:
         _stub("pyroute2.netlink.core", "SyncAPI")
     from pyroute2.netlink.nfnetlink import nftsocket as nfts
 
-    class _fib_result(nfts.nft_map_be32):
+    class _fib_result(nfts.nft_map_be32):  # type: ignore[misc]  # pyroute2 has no stubs: its classes are Any
         ops: ClassVar[dict[int, str]] = {0: "NFT_FIB_RESULT_UNSPEC", 1: "NFT_FIB_RESULT_OIF",
                2: "NFT_FIB_RESULT_OIFNAME", 3: "NFT_FIB_RESULT_ADDRTYPE"}
 
-    class _be32(nfts.nla):
+    class _be32(nfts.nla):  # type: ignore[misc]  # pyroute2 has no stubs: its classes are Any
         fields: ClassVar[list[tuple[str, str]]] = [("value", ">I")]
 
     fib = nfts.nft_contains_expr.nft_expr.nft_fib
