@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from .backends import make_backend
     names = ["nftables", "iptables"] if args.backend == "all" else [args.backend]
     rows = []
@@ -118,7 +118,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     """Dry-run: print the plan and the objects of the transaction(s); touches nothing.
 
     Input: one plugin configuration as a runtime sends it on ADD (with

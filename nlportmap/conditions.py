@@ -179,9 +179,10 @@ class _Parser:
             return [tok]
         vals: list[str] = []
         while True:
-            tok = self.peek()
-            if tok is None:
+            item = self.peek()
+            if item is None:
                 raise self.fail(f'unterminated set after "{label}" (missing "}}")')
+            tok = item
             self.pos += 1
             if tok == "}":
                 break

@@ -59,6 +59,10 @@ from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, DEFAULT_SER
                       check_backend_conflict, command_prefix, condition_style, conflict_error,
                       parse_family_conditions)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .conditions import Match
+
 __all__ = [
     "BACKENDS",
     "CONFLICT_POLICIES",
@@ -151,7 +155,7 @@ class NetConf(msgspec.Struct, ConfMixin, dict=True):
     conditionsV4: list[str] | None = None
     conditionsV6: list[str] | None = None
     runtimeConfig: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
-    prevResult: dict | None = None
+    prevResult: dict[str, Any] | None = None
     conflictPolicy: str | None = None
     #: opt-in: "reject" fails ADD when a host process already listens on a mapped host port
     #: (runtime placeholder sockets excepted, see nlportmap.listeners); None/"ignore" = off
@@ -197,7 +201,7 @@ def _object_list(value: Any, keys: tuple[str, ...]) -> Any:
     return value
 
 
-def _normalise(obj: dict) -> dict:
+def _normalise(obj: dict[str, Any]) -> dict[str, Any]:
     """Canonical key spelling everywhere the Go structs would match keys (see module docstring)."""
     top = canonical_keys(obj, _TOP_KEYS)
     legacy = top.pop(_LEGACY_ATTACHMENTS, None)
@@ -257,7 +261,7 @@ def _walk(obj: Any, path: str) -> tuple[str, Any]:
 _MISSING = object()
 
 
-def _type_error_text(err: msgspec.ValidationError, norm: dict) -> str:
+def _type_error_text(err: msgspec.ValidationError, norm: dict[str, Any]) -> str:
     text = str(err)
     head, sep, tail = text.rpartition(" - at `$")
     if not sep:
@@ -321,7 +325,7 @@ def _iptables_token_problems(conf: NetConf) -> list[str]:
     offending field, naming it."""
     out = []
     for key, tokens in (("conditionsV4", conf.conditionsV4), ("conditionsV6", conf.conditionsV6)):
-        if condition_style(tokens) != "iptables":
+        if tokens is None or condition_style(tokens) != "iptables":
             continue
         for i, tok in enumerate(tokens):
             why = _unwritable(tok)
@@ -336,7 +340,7 @@ def _iptables_token_problems(conf: NetConf) -> list[str]:
     return out
 
 
-def parse_config(data: bytes | str | dict, command: str) -> NetConf:
+def parse_config(data: bytes | str | dict[str, Any], command: str) -> NetConf:
     """Decode and validate the plugin configuration from stdin (reference §2.2 order).
 
     ``data``: the raw stdin bytes (or text), or the already-decoded JSON
@@ -432,7 +436,7 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
             raise InvalidConfig(prefix + problem)
         warnings.append(f"{problem}; ignored for DEL")
 
-    cache: dict = {}
+    cache: dict[int, tuple[Match, ...] | InvalidConfig] = {}
     for family, tokens in ((4, conf.conditionsV4), (6, conf.conditionsV6)):
         try:
             cache[family] = _parse_family_conditions(tokens, family)

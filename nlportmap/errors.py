@@ -41,9 +41,9 @@ class CNIError(Exception):
         self.msg = msg
         self.details = details
 
-    def to_dict(self, cni_version: str | None = None) -> dict:
+    def to_dict(self, cni_version: str | None = None) -> dict[str, str | int]:
         """The spec's error object; ``cniVersion`` only when known."""
-        d: dict = {}
+        d: dict[str, str | int] = {}
         if cni_version:
             d["cniVersion"] = cni_version
         d["code"] = self.code

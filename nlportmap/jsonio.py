@@ -58,7 +58,7 @@ class _Context:
     memo: ClassVar[dict[str, str]] = {}
 
 
-_scan = _json.make_scanner(_Context())
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # stub wants a JSONDecoder; a duck does
 
 
 def loads(data: bytes | str) -> object:
@@ -162,7 +162,9 @@ def dumps(obj: object, indent: int | None = None, separators: tuple[str, str] = 
     always ``json``'s."""
     try:
         if indent is None:
-            enc = _json.make_encoder(None, None, _esc, None, separators[1], separators[0], False, False, True)
+            # default=None: the C encoder accepts it (typeshed's stub wants a callable)
+            enc = _json.make_encoder(None, None, _esc, None,  # type: ignore[arg-type]
+                                     separators[1], separators[0], False, False, True)
             return "".join(enc(obj, 0))
         out: list[str] = []
         _enc(obj, out, "", " " * indent)

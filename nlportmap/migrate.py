@@ -27,6 +27,14 @@ import time
 from .errors import KernelError, TryAgainLater
 from .lock import netns_lock, require_lock
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
+    from .ipt.backend import IptBackend
+    from .nft.wire import NetfilterSocket, Op
+    from .plan import Owner
+
 __all__ = ["UPSTREAM_CHAINS", "UPSTREAM_TABLE", "cleanup_upstream"]
 
 #: Upstream nftables table (one per family ``ip``/``ip6``) and the chains holding
@@ -37,14 +45,14 @@ _RETRY = {errno.ERESTART, errno.ENOENT, errno.EBUSY, errno.EINTR, errno.EAGAIN}
 _ATTEMPTS = 10
 
 
-def _nft_cleanup(sock, owner, families) -> int:
+def _nft_cleanup(sock: NetfilterSocket, owner: Owner, families: Iterable[int]) -> int:
     from .nft import wire as N
 
     # Rules go by handle (never reused within a table): a rule that vanished since
     # the dump makes the batch fail with ENOENT and we dump again.  No generation-id
     # guard: other programs' commits elsewhere would make it fail spuriously.
     for attempt in range(_ATTEMPTS):
-        ops = []
+        ops: list[Op] = []
         for fam in families:
             for chain in UPSTREAM_CHAINS:
                 for r in sock.dump_rules(N.FAMILY[fam], UPSTREAM_TABLE, chain) or ():
@@ -76,7 +84,7 @@ def _legacy_nat_present(fam: int) -> bool:
         return False
 
 
-def _ipt_may_hold(sock, fam: int, names) -> bool:
+def _ipt_may_hold(sock: NetfilterSocket | None, fam: int, names: Iterable[str]) -> bool:
     """Cheap pre-check (no exec): one of the chains ``names`` exists in iptables-nft's
     ``nat`` table, or a legacy ``nat`` table exists (then only ``iptables-save`` can tell)."""
     if _legacy_nat_present(fam):
@@ -90,7 +98,8 @@ def _ipt_may_hold(sock, fam: int, names) -> bool:
         return True
 
 
-def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None, sock=None) -> int:
+def cleanup_upstream(owner: Owner, families: Iterable[int] = (4, 6), *, iptables: bool = True,
+                     ipt: IptBackend | None = None, sock: NetfilterSocket | None = None) -> int:
     """Remove the upstream plugin's state for ``owner``; returns the number of removals
     (nft rules deleted + iptables restore lines applied).
 
