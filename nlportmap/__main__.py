@@ -10,7 +10,7 @@ import sys
 import time
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Console-script entry (installed as ``nlportmap`` and ``portmap``)."""
     if argv is None and "CNI_COMMAND" in os.environ:
         t0 = time.perf_counter()

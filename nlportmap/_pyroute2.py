@@ -19,6 +19,10 @@ import importlib.util
 import sys
 import types
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import ClassVar
+
 _loaded = False
 
 
@@ -46,12 +50,12 @@ def load() -> None:
         _stub("pyroute2.netlink.core", "SyncAPI")
     from pyroute2.netlink.nfnetlink import nftsocket as nfts
 
-    class _fib_result(nfts.nft_map_be32):
-        ops = {0: "NFT_FIB_RESULT_UNSPEC", 1: "NFT_FIB_RESULT_OIF",
+    class _fib_result(nfts.nft_map_be32):  # type: ignore[misc]  # pyroute2 has no stubs: its classes are Any
+        ops: ClassVar[dict[int, str]] = {0: "NFT_FIB_RESULT_UNSPEC", 1: "NFT_FIB_RESULT_OIF",
                2: "NFT_FIB_RESULT_OIFNAME", 3: "NFT_FIB_RESULT_ADDRTYPE"}
 
-    class _be32(nfts.nla):
-        fields = [("value", ">I")]
+    class _be32(nfts.nla):  # type: ignore[misc]  # pyroute2 has no stubs: its classes are Any
+        fields: ClassVar[list[tuple[str, str]]] = [("value", ">I")]
 
     fib = nfts.nft_contains_expr.nft_expr.nft_fib
     fib.fib_result = _fib_result

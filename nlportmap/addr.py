@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from _socket import AF_INET, AF_INET6, inet_ntop, inet_pton
 
-__all__ = ["parse_ip", "parse_interface", "canonical", "packed", "family_of"]
+__all__ = ["canonical", "family_of", "packed", "parse_interface", "parse_ip"]
 
 _MAPPED = bytes(10) + b"\xff\xff"
 

@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="which backend's state to read (default: all)")
     pl = sub.add_parser("plan", help="dry-run: read a CNI config on stdin, print the plan and transaction objects")
     pl.add_argument("--container-id", default="dry-run", help="CNI_CONTAINERID to plan for (default: dry-run)")
-    pl.add_argument("--ifname", default="eth0", help="CNI_IFNAME: picks the container IPs in prevResult (default: eth0)")
+    pl.add_argument("--ifname", default="eth0",
+                    help="CNI_IFNAME: picks the container IPs in prevResult (default: eth0)")
     dm = sub.add_parser("daemon", help="serve plugin requests from a resident process (root; see docs/performance.md)")
     dm.add_argument("--socket", default=None,
                     help="Unix socket path (default: $NLPORTMAP_SOCKET or /run/nlportmap/daemon.sock)")
@@ -85,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_list(args) -> int:
+def cmd_list(args: argparse.Namespace) -> int:
     from .backends import make_backend
     names = ["nftables", "iptables"] if args.backend == "all" else [args.backend]
     rows = []
@@ -93,7 +94,7 @@ def cmd_list(args) -> int:
         try:
             b = make_backend(n)
             rows += b.list()
-        except Exception as e:  # noqa: BLE001 - a missing backend just has nothing to list
+        except Exception as e:  # a missing backend just has nothing to list
             if args.backend != "all":
                 print(f"nlportmap: {n}: {e}", file=sys.stderr)
                 return 1
@@ -113,11 +114,11 @@ def cmd_list(args) -> int:
                       r.proto, host, cont, r.backend, r.state))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for row in table:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
-def cmd_plan(args) -> int:
+def cmd_plan(args: argparse.Namespace) -> int:
     """Dry-run: print the plan and the objects of the transaction(s); touches nothing.
 
     Input: one plugin configuration as a runtime sends it on ADD (with

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidConfig
 
-__all__ = ["Match", "parse_conditions", "ADDR_FIELDS", "NAME_FIELDS", "IFNAME_MAX"]
+__all__ = ["ADDR_FIELDS", "IFNAME_MAX", "NAME_FIELDS", "Match", "parse_conditions"]
 
 #: Address fields (matched against the IPv4/IPv6 header).
 ADDR_FIELDS = ("saddr", "daddr")
@@ -179,9 +179,10 @@ class _Parser:
             return [tok]
         vals: list[str] = []
         while True:
-            tok = self.peek()
-            if tok is None:
+            item = self.peek()
+            if item is None:
                 raise self.fail(f'unterminated set after "{label}" (missing "}}")')
+            tok = item
             self.pos += 1
             if tok == "}":
                 break

@@ -59,11 +59,28 @@ from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, DEFAULT_SER
                       check_backend_conflict, command_prefix, condition_style, conflict_error,
                       parse_family_conditions)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .conditions import Match
+
 __all__ = [
-    "PortMapping", "RuntimeConfig", "Attachment", "IPAM", "DNS", "NetConf",
-    "parse_config", "check_backend_conflict", "backend_specific_options", "condition_style",
-    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "BACKENDS", "PROTOCOLS",
-    "CONFLICT_POLICIES", "PORT_MIN", "PORT_MAX",
+    "BACKENDS",
+    "CONFLICT_POLICIES",
+    "DEFAULT_MARK_BIT",
+    "DEFAULT_SERVICE_PROXY_INTERFACES",
+    "DNS",
+    "IPAM",
+    "PORT_MAX",
+    "PORT_MIN",
+    "PROTOCOLS",
+    "Attachment",
+    "NetConf",
+    "PortMapping",
+    "RuntimeConfig",
+    "backend_specific_options",
+    "check_backend_conflict",
+    "condition_style",
+    "parse_config",
 ]
 
 _VALID_ATTACHMENTS = VALID_ATTACHMENTS
@@ -138,7 +155,7 @@ class NetConf(msgspec.Struct, ConfMixin, dict=True):
     conditionsV4: list[str] | None = None
     conditionsV6: list[str] | None = None
     runtimeConfig: RuntimeConfig = msgspec.field(default_factory=RuntimeConfig)
-    prevResult: dict | None = None
+    prevResult: dict[str, Any] | None = None
     conflictPolicy: str | None = None
     #: opt-in: "reject" fails ADD when a host process already listens on a mapped host port
     #: (runtime placeholder sockets excepted, see nlportmap.listeners); None/"ignore" = off
@@ -163,7 +180,7 @@ _conflict = conflict_error
 
 # --- decoding -------------------------------------------------------------------
 
-_TOP_KEYS = tuple(f.encode_name for f in msgspec.structs.fields(NetConf)) + (_LEGACY_ATTACHMENTS,)
+_TOP_KEYS = (*(f.encode_name for f in msgspec.structs.fields(NetConf)), _LEGACY_ATTACHMENTS)
 _MAPPING_KEYS = ("hostPort", "containerPort", "protocol", "hostIP")
 _ATTACHMENT_KEYS = ("containerID", "ifname")
 _DNS_KEYS = ("nameservers", "domain", "search", "options")
@@ -184,7 +201,7 @@ def _object_list(value: Any, keys: tuple[str, ...]) -> Any:
     return value
 
 
-def _normalise(obj: dict) -> dict:
+def _normalise(obj: dict[str, Any]) -> dict[str, Any]:
     """Canonical key spelling everywhere the Go structs would match keys (see module docstring)."""
     top = canonical_keys(obj, _TOP_KEYS)
     legacy = top.pop(_LEGACY_ATTACHMENTS, None)
@@ -244,7 +261,7 @@ def _walk(obj: Any, path: str) -> tuple[str, Any]:
 _MISSING = object()
 
 
-def _type_error_text(err: msgspec.ValidationError, norm: dict) -> str:
+def _type_error_text(err: msgspec.ValidationError, norm: dict[str, Any]) -> str:
     text = str(err)
     head, sep, tail = text.rpartition(" - at `$")
     if not sep:
@@ -308,7 +325,7 @@ def _iptables_token_problems(conf: NetConf) -> list[str]:
     offending field, naming it."""
     out = []
     for key, tokens in (("conditionsV4", conf.conditionsV4), ("conditionsV6", conf.conditionsV6)):
-        if condition_style(tokens) != "iptables":
+        if tokens is None or condition_style(tokens) != "iptables":
             continue
         for i, tok in enumerate(tokens):
             why = _unwritable(tok)
@@ -323,7 +340,7 @@ def _iptables_token_problems(conf: NetConf) -> list[str]:
     return out
 
 
-def parse_config(data: bytes | str | dict, command: str) -> NetConf:
+def parse_config(data: bytes | str | dict[str, Any], command: str) -> NetConf:
     """Decode and validate the plugin configuration from stdin (reference §2.2 order).
 
     ``data``: the raw stdin bytes (or text), or the already-decoded JSON
@@ -419,7 +436,7 @@ def parse_config(data: bytes | str | dict, command: str) -> NetConf:
             raise InvalidConfig(prefix + problem)
         warnings.append(f"{problem}; ignored for DEL")
 
-    cache: dict = {}
+    cache: dict[int, tuple[Match, ...] | InvalidConfig] = {}
     for family, tokens in ((4, conf.conditionsV4), (6, conf.conditionsV6)):
         try:
             cache[family] = _parse_family_conditions(tokens, family)

@@ -65,11 +65,12 @@ import struct
 import sys
 import threading
 import time
+from contextlib import suppress
 from contextvars import ContextVar
 
-from .shim import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
+from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
 
-__all__ = ["Daemon", "main", "PER_REQUEST_ENV", "Abandoned"]
+__all__ = ["PER_REQUEST_ENV", "Abandoned", "Daemon", "main"]
 
 #: NLPORTMAP_* variables the daemon honours per request; NLPORTMAP_DAEMON_* are the daemon's
 #: own settings; every other NLPORTMAP_* must be equal in the request and the daemon's env.
@@ -247,10 +248,8 @@ class Daemon:
         import msgspec  # noqa: F401
         from .nft import layout as L
         from .nft import netlink as N
-        try:
+        with suppress(ImportError):
             from .ipt import backend as _ipt  # noqa: F401
-        except ImportError:
-            pass
         for fam in (4, 6):  # first encode of each message class is the slow one
             for i, op in enumerate(L.skeleton(fam, None)):
                 N.encode(op, i + 1)
@@ -300,7 +299,7 @@ class Daemon:
                 return self._pool.pop()
         from .nft.backend import NftBackend
         b = NftBackend()
-        b.sock  # open it now (in the daemon's namespace)
+        _ = b.sock  # open it now (in the daemon's namespace)
         return b
 
     def give_backend(self, b) -> None:
@@ -328,16 +327,14 @@ class Daemon:
         try:
             probe.connect(self.path)
             raise StartupError(f"another daemon is listening on {self.path}")
-        except (ConnectionRefusedError, FileNotFoundError, socket.timeout):
+        except (TimeoutError, ConnectionRefusedError, FileNotFoundError):
             pass
         except OSError as e:
             raise StartupError(f"cannot probe {self.path}: {e.strerror}") from None
         finally:
             probe.close()
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.path)  # stale socket of a dead daemon
-        except FileNotFoundError:
-            pass
 
     def bind(self) -> None:
         self.preflight()
@@ -358,10 +355,8 @@ class Daemon:
     def adopt(self, s: socket.socket) -> None:
         """Serve an inherited (socket-activated) listening socket; its file is not ours to remove."""
         self._listener = s
-        try:
+        with suppress(OSError):
             self.path = s.getsockname() or self.path
-        except OSError:
-            pass
 
     def stop(self, *_args) -> None:
         self._stop.set()
@@ -390,7 +385,7 @@ class Daemon:
         while not self._stop.is_set():
             try:
                 conn, _ = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 if (self.idle_exit and not self._active
                         and time.monotonic() - self._last_busy >= self.idle_exit):
                     _log(f"idle for {self.idle_exit:g}s: exiting (socket activation starts it again)")
@@ -419,10 +414,8 @@ class Daemon:
     def _refuse(self, conn: socket.socket, reason: str) -> None:
         if self.verbose:
             _log(f"refused: {reason}")
-        try:
+        with suppress(OSError):
             self._send(conn, b"X", reason.encode())
-        except OSError:
-            pass
 
     def _serve_conn(self, conn: socket.socket) -> None:
         with self._active_lock:
@@ -434,7 +427,7 @@ class Daemon:
             # a shim that gave up (deadline) or a client that just connected and left:
             # nothing was started for it; one brief line, never a traceback
             _log(f"client hung up before its request was answered ({type(e).__name__})")
-        except Exception as e:  # noqa: BLE001 - never let one request kill the daemon
+        except Exception as e:  # never let one request kill the daemon
             _log(f"request failed: {type(e).__name__}: {e}")
         finally:
             conn.close()
@@ -485,10 +478,8 @@ class Daemon:
         if self.test_delay:
             time.sleep(self.test_delay)
         status, out, err = self.run_request(env, stdin, conn, t0)
-        try:
+        with suppress(OSError):  # the shim is gone; it does the work itself
             self._send(conn, b"R", struct.pack("!iI", status, len(out)) + out + err)
-        except OSError:
-            pass  # the shim is gone; it does the work itself
         if self.verbose:
             _log(f"done {env.get('CNI_COMMAND', '?')} status {status} "
                  f"in {(time.perf_counter() - t0) * 1000:.1f} ms")
@@ -634,7 +625,7 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
     except StartupError as e:
         sys.__stderr__.write(f"nlportmap daemon: {e}\n")
         return 1
-    except Exception as e:  # noqa: BLE001 - one line, then exit: never a live process that cannot serve
+    except Exception as e:  # one line, then exit: never a live process that cannot serve
         if serving:
             raise
         sys.__stderr__.write(f"nlportmap daemon: cannot start: {type(e).__name__}: {e}\n")

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import suppress
 import time
 
 
@@ -69,9 +70,9 @@ def run_demo(ipv6: bool = True, plugin: str | None = None, out=None) -> int:
         ok = ok and cond
         say(f"  [{'ok' if cond else 'FAIL'}] {label}{(' - ' + detail) if detail else ''}")
 
-    tfile = tempfile.NamedTemporaryFile(prefix="nlpm-demo-timings-", suffix=".jsonl", delete=False)
-    tfile.close()
-    env = {"NLPORTMAP_TIMINGS_FILE": tfile.name}
+    fd, timings = tempfile.mkstemp(prefix="nlpm-demo-timings-", suffix=".jsonl")
+    os.close(fd)
+    env = {"NLPORTMAP_TIMINGS_FILE": timings}
     say(f"nlportmap demo: plugin under test = {exe}")
     try:
         with Topology(ipv6=ipv6, prefix="nlpm-demo", plugin_paths={"portmap": exe}) as t:
@@ -131,9 +132,9 @@ def run_demo(ipv6: bool = True, plugin: str | None = None, out=None) -> int:
             del result
             ok = _daemon_phase(t, exe, conflist, env, say, proof) and ok
         say(f"namespaces removed ({_ms(t.timings.get('teardown', 0)).strip()})")
-        _print_timings(tfile.name, pm_add, say)
+        _print_timings(timings, pm_add, say)
     finally:
-        os.unlink(tfile.name)
+        os.unlink(timings)
     say("demo " + ("PASSED" if ok else "FAILED"))
     return 0 if ok else 1
 
@@ -144,33 +145,34 @@ def _daemon_phase(t, exe, conflist, env, say, proof) -> bool:
     from netns_fixtures import echo_server, kill_process, new_container_id, port_mapping, tcp_probe
     sockdir = tempfile.mkdtemp(prefix="nlpm-demo-sock-")
     sock = os.path.join(sockdir, "daemon.sock")
-    log = open(os.path.join(sockdir, "daemon.log"), "w+")
-    daemon = t.host.popen(sys.executable, "-m", "nlportmap", "daemon", "--socket", sock,
-                          stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock) and daemon.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not os.path.exists(sock):
-            log.seek(0)
-            proof("resident daemon started", False, log.read()[-300:])
-            return False
-        say(f"resident mode: 'nlportmap daemon' in the node namespace (pid {daemon.pid}), socket {sock}")
-        denv = {**env, "NLPORTMAP_SOCKET": sock}
-        pod, cid, maps = t.add_netns("pod"), new_container_id(), [port_mapping(9090, 80)]
-        t.cni_chain_add(pod, cid, plugins_conf=conflist, extra_env=denv, capability_args={"portMappings": maps})
-        wall = [s for c, ty, s in t.cni.timings if c == "ADD" and ty == "portmap"][-1]
-        say(f"  second pod ADDed through the daemon: nlportmap exec {_ms(wall).strip()} (whole process)")
-        with echo_server(pod, proto="tcp", port=80):
-            r = tcp_probe(t.client, t.host_ip4, 9090)
-            proof(f"TCP client -> {t.host_ip4}:9090 reaches the second pod (daemon path)", r.ok, r.status)
-        t.cni_chain_del(pod, cid, extra_env=denv, capability_args={"portMappings": maps})
-        r = tcp_probe(t.client, t.host_ip4, 9090, timeout=1.0)
-        proof("after DEL through the daemon, 9090 no longer reaches the pod", not r.ok, r.status)
-        return True
+        with open(os.path.join(sockdir, "daemon.log"), "w+") as log:
+            daemon = t.host.popen(sys.executable, "-m", "nlportmap", "daemon", "--socket", sock,
+                                  stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 30
+                while not os.path.exists(sock) and daemon.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if not os.path.exists(sock):
+                    log.seek(0)
+                    proof("resident daemon started", False, log.read()[-300:])
+                    return False
+                say(f"resident mode: 'nlportmap daemon' in the node namespace (pid {daemon.pid}), socket {sock}")
+                denv = {**env, "NLPORTMAP_SOCKET": sock}
+                pod, cid, maps = t.add_netns("pod"), new_container_id(), [port_mapping(9090, 80)]
+                t.cni_chain_add(pod, cid, plugins_conf=conflist, extra_env=denv, capability_args={"portMappings": maps})
+                wall = [s for c, ty, s in t.cni.timings if c == "ADD" and ty == "portmap"][-1]
+                say(f"  second pod ADDed through the daemon: nlportmap exec {_ms(wall).strip()} (whole process)")
+                with echo_server(pod, proto="tcp", port=80):
+                    r = tcp_probe(t.client, t.host_ip4, 9090)
+                    proof(f"TCP client -> {t.host_ip4}:9090 reaches the second pod (daemon path)", r.ok, r.status)
+                t.cni_chain_del(pod, cid, extra_env=denv, capability_args={"portMappings": maps})
+                r = tcp_probe(t.client, t.host_ip4, 9090, timeout=1.0)
+                proof("after DEL through the daemon, 9090 no longer reaches the pod", not r.ok, r.status)
+                return True
+            finally:
+                kill_process(daemon)
     finally:
-        kill_process(daemon)
-        log.close()
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
@@ -178,10 +180,8 @@ def _print_timings(path: str, wall_add: float, say) -> None:
     rows = []
     with open(path) as f:
         for line in f:
-            try:
+            with suppress(ValueError):
                 rows.append(json.loads(line))
-            except ValueError:
-                pass
     add = next((r for r in rows if r.get("nlportmap") == "ADD"), None)
     if not add:
         return

@@ -9,10 +9,21 @@ plugin prints on **stdout** and follows with exit status 1.
 from __future__ import annotations
 
 __all__ = [
-    "CNIError", "IncompatibleVersion", "UnsupportedField", "UnknownContainer",
-    "InvalidEnvironment", "IOFailure", "DecodeFailure", "InvalidConfig",
-    "InvalidNetns", "TryAgainLater", "NotAvailable", "LimitedConnectivity",
-    "InternalError", "KernelError", "error_json",
+    "CNIError",
+    "DecodeFailure",
+    "IOFailure",
+    "IncompatibleVersion",
+    "InternalError",
+    "InvalidConfig",
+    "InvalidEnvironment",
+    "InvalidNetns",
+    "KernelError",
+    "LimitedConnectivity",
+    "NotAvailable",
+    "TryAgainLater",
+    "UnknownContainer",
+    "UnsupportedField",
+    "error_json",
 ]
 
 
@@ -30,9 +41,9 @@ class CNIError(Exception):
         self.msg = msg
         self.details = details
 
-    def to_dict(self, cni_version: str | None = None) -> dict:
+    def to_dict(self, cni_version: str | None = None) -> dict[str, str | int]:
         """The spec's error object; ``cniVersion`` only when known."""
-        d: dict = {}
+        d: dict[str, str | int] = {}
         if cni_version:
             d["cniVersion"] = cni_version
         d["code"] = self.code

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterable, Mapping
     from typing import Any
 
-__all__ = ["canonical_keys", "ci_get", "json_type", "fold"]
+__all__ = ["canonical_keys", "ci_get", "fold", "json_type"]
 
 
 def fold(key: str) -> str:

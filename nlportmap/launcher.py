@@ -34,6 +34,11 @@ import os
 import sys
 import sysconfig
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import Any, TextIO
+
 #: Start of a line near the top of every launcher this module wrote (also of older ones):
 #: ``nlportmap install`` replaces only files that carry it.
 MARKER = "# nlportmap CNI launcher"
@@ -157,7 +162,7 @@ def package_owner(path: str, info_dir: str = DPKG_INFO) -> str | None:
     return None
 
 
-def verify(path: str, timeout: float = 60.0) -> dict:
+def verify(path: str, timeout: float = 60.0) -> dict[str, Any]:
     """Run the CNI ``VERSION`` command through the launcher at *path*, as a runtime would
     (in-process: no daemon), and return its JSON answer; InstallError when it fails."""
     import json
@@ -181,7 +186,8 @@ def verify(path: str, timeout: float = 60.0) -> dict:
 
 
 def install(bin_dir: str = "/opt/cni/bin", name: str = "portmap", force: bool = False, *,
-            owner=package_owner, out=None, err=None) -> str:
+            owner: Callable[[str], str | None] = package_owner, out: TextIO | None = None,
+            err: TextIO | None = None) -> str:
     """Write the launcher to *bin_dir*/*name*, verify it, report on *out*; return what was done
     (``"wrote"``, ``"replaced"`` or ``"unchanged"``).
 

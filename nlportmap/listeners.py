@@ -21,6 +21,12 @@ from dataclasses import dataclass
 
 from .nlmsg import collect
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
+    from .plan import Forward
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
@@ -108,14 +114,14 @@ def owners(inode: int) -> list[tuple[int, str]]:
     return found
 
 
-def conflicts(forwards, allowed: tuple[str, ...] | list[str] = RUNTIME_PLACEHOLDERS) -> list[str]:
+def conflicts(forwards: Iterable[Forward], allowed: tuple[str, ...] | list[str] = RUNTIME_PLACEHOLDERS) -> list[str]:
     """Human descriptions of host listeners that clash with ``forwards`` (plan Forwards).
 
     ``allowed``: process names whose sockets are ignored (runtime placeholders).
     Raises OSError if sock_diag is unusable.
     """
     problems = []
-    cache: dict = {}
+    cache: dict[tuple[int, str], list[Listener]] = {}
     for f in forwards:
         if f.proto not in PROTO:
             continue

@@ -28,7 +28,15 @@ from .errors import KernelError, TryAgainLater
 from .lock import netns_lock, require_lock
 from .presence import UPSTREAM_TABLE
 
-__all__ = ["UPSTREAM_TABLE", "UPSTREAM_CHAINS", "cleanup_upstream"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
+    from .ipt.backend import IptBackend
+    from .nft.wire import NetfilterSocket, Op
+    from .plan import Owner
+
+__all__ = ["UPSTREAM_CHAINS", "UPSTREAM_TABLE", "cleanup_upstream"]
 
 #: Upstream nftables table (one per family ``ip``/``ip6``) and the chains holding
 #: per-container rules (§4.2; ``hostip_hostports`` is pre-v1.9.0 but still cleaned).
@@ -37,14 +45,14 @@ _RETRY = {errno.ERESTART, errno.ENOENT, errno.EBUSY, errno.EINTR, errno.EAGAIN}
 _ATTEMPTS = 10
 
 
-def _nft_cleanup(sock, owner, families) -> int:
+def _nft_cleanup(sock: NetfilterSocket, owner: Owner, families: Iterable[int]) -> int:
     from .nft import wire as N
 
     # Rules go by handle (never reused within a table): a rule that vanished since
     # the dump makes the batch fail with ENOENT and we dump again.  No generation-id
     # guard: other programs' commits elsewhere would make it fail spuriously.
     for attempt in range(_ATTEMPTS):
-        ops = []
+        ops: list[Op] = []
         for fam in families:
             for chain in UPSTREAM_CHAINS:
                 for r in sock.dump_rules(N.FAMILY[fam], UPSTREAM_TABLE, chain) or ():
@@ -66,7 +74,7 @@ def _nft_cleanup(sock, owner, families) -> int:
     raise TryAgainLater(f"error deleting upstream nftables rules: ruleset kept changing ({_ATTEMPTS} attempts)")
 
 
-def _ipt_may_hold(sock, fam: int, names) -> bool:
+def _ipt_may_hold(sock: NetfilterSocket | None, fam: int, names: Iterable[str]) -> bool:
     """Cheap pre-check (no exec): one of the chains ``names`` exists in iptables-nft's
     ``nat`` table, or a legacy ``nat`` table exists (then only ``iptables-save`` can tell)."""
     from .presence import legacy_nat_present
@@ -81,7 +89,8 @@ def _ipt_may_hold(sock, fam: int, names) -> bool:
         return True
 
 
-def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None, sock=None) -> int:
+def cleanup_upstream(owner: Owner, families: Iterable[int] = (4, 6), *, iptables: bool = True,
+                     ipt: IptBackend | None = None, sock: NetfilterSocket | None = None) -> int:
     """Remove the upstream plugin's state for ``owner``; returns the number of removals
     (nft rules deleted + iptables restore lines applied).
 
@@ -125,7 +134,8 @@ def cleanup_upstream(owner, families=(4, 6), *, iptables: bool = True, ipt=None,
                         from .ipt.backend import IptBackend
                         ipt = IptBackend()
                     b = ipt
-                    total += b.teardown_chains(fam, [dn, sn], f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat")
+                    what = f"could not teardown upstream {'ipv4' if fam == 4 else 'ipv6'} dnat"
+                    total += b.teardown_chains(fam, [dn, sn], what)
     finally:
         if own and sock is not None:
             sock.close()

@@ -12,7 +12,7 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_MULTI = 0x2
 
 
-def collect(buf: bytes, seq: int, out: list) -> bool:
+def collect(buf: bytes, seq: int, out: list[bytes]) -> bool:
     """Append the messages of ``buf`` that answer ``seq`` to ``out``.
 
     Returns True once the answer is complete: ``NLMSG_DONE`` (dumps), a zero

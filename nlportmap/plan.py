@@ -12,8 +12,50 @@ from __future__ import annotations
 
 from . import addr
 
+TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+    from typing import Any, Literal, Protocol
 
-__all__ = ["Owner", "Forward", "Masq", "Plan", "Listed", "make_plan", "OWNER_COMMENT_MAX"]
+    from .conditions import Match
+
+    class _Mapping(Protocol):
+        """A port mapping as config/netconf decode it."""
+
+        @property
+        def hostPort(self) -> int: ...
+        @property
+        def containerPort(self) -> int: ...
+        @property
+        def protocol(self) -> str: ...
+        @property
+        def hostIP(self) -> str | None: ...
+
+    class _RuntimeConfig(Protocol):
+        @property
+        def portMappings(self) -> Sequence[_Mapping]: ...
+
+    class PlanConf(Protocol):
+        """What :func:`make_plan` reads of a decoded configuration (config.NetConf, netconf.FastConf)."""
+
+        @property
+        def runtimeConfig(self) -> _RuntimeConfig | None: ...
+        @property
+        def snat(self) -> bool: ...
+        @property
+        def masqAll(self) -> bool: ...
+        @property
+        def markMasqBit(self) -> int | None: ...
+        @property
+        def externalSetMarkChain(self) -> str | None: ...
+        @property
+        def conditionsV4(self) -> list[str] | None: ...
+        @property
+        def conditionsV6(self) -> list[str] | None: ...
+        def parsed_conditions(self, family: int) -> tuple[Match, ...]: ...
+
+
+__all__ = ["OWNER_COMMENT_MAX", "Forward", "Listed", "Masq", "Owner", "Plan", "make_plan"]
 
 
 class _Record:
@@ -30,7 +72,7 @@ class _Record:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def replace(self, **changes: object) -> "_Record":
+    def replace(self, **changes: object) -> _Record:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         new = object.__new__(type(self))
         new._init(**{k: changes.pop(k, getattr(self, k)) for k in self.__slots__})
@@ -38,16 +80,16 @@ class _Record:
             raise TypeError(f"unknown fields {sorted(changes)}")
         return new
 
-    def _astuple(self) -> tuple:
+    def _astuple(self) -> tuple[object, ...]:
         return tuple(getattr(self, k) for k in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+        return self._astuple() == other._astuple()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__,) + self._astuple())
+        return hash((type(self).__name__, *self._astuple()))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
@@ -111,13 +153,13 @@ class Owner(_Record):
         return None
 
     @staticmethod
-    def parse(comment: str | None) -> "Owner | None":
+    def parse(comment: str | None) -> Owner | None:
         """Rebuild an owner from a stored comment (for listings and GC)."""
         tag = Owner.tag_of(comment)
         if not tag or "/" not in tag:
             return None
         cid, ifname = tag.rsplit("/", 1)
-        parts = comment.split(" ")
+        parts = (comment or "").split(" ")  # a tag implies a comment
         net = parts[1] if len(parts) > 1 and not parts[1].startswith("@") else ""
         return Owner(cid, ifname, net)
 
@@ -143,7 +185,7 @@ class Forward(_Record):
                    container_ip=container_ip, container_port=container_port)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[int, str, str | None, int]:
         """The host-side identity of this forward (what two claimants can collide on)."""
         return (self.family, self.proto, self.host_ip, self.host_port)
 
@@ -197,26 +239,27 @@ class Plan(_Record):
     owner: Owner
     forwards: tuple[Forward, ...]
     masqs: tuple[Masq, ...]
-    conditions: dict
-    raw_conditions: dict
+    conditions: dict[int, tuple[Match, ...]]
+    raw_conditions: dict[int, list[str] | None]
     snat: bool
     masq_all: bool
     mark_bit: int
     external_mark_chain: str | None
     conntrack_flush: tuple[tuple[int, str, int], ...]
     route_localnet_ip: str | None
-    container_cidrs: dict
-    all_mappings: tuple
+    container_cidrs: dict[int, str]
+    all_mappings: tuple[_Mapping, ...]
     host_keys: tuple[tuple[int, str, str | None, int], ...]
-    proxy_vips: dict | None
+    proxy_vips: dict[int, tuple[bytes, ...]] | None
 
     def __init__(self, owner: Owner, forwards: tuple[Forward, ...] = (), masqs: tuple[Masq, ...] = (),
-                 conditions: dict | None = None, raw_conditions: dict | None = None, snat: bool = True,
+                 conditions: dict[int, tuple[Match, ...]] | None = None,
+                 raw_conditions: dict[int, list[str] | None] | None = None, snat: bool = True,
                  masq_all: bool = False, mark_bit: int = 13, external_mark_chain: str | None = None,
                  conntrack_flush: tuple[tuple[int, str, int], ...] = (), route_localnet_ip: str | None = None,
-                 container_cidrs: dict | None = None, all_mappings: tuple = (),
+                 container_cidrs: dict[int, str] | None = None, all_mappings: tuple[_Mapping, ...] = (),
                  host_keys: tuple[tuple[int, str, str | None, int], ...] = (),
-                 proxy_vips: dict | None = None) -> None:
+                 proxy_vips: dict[int, tuple[bytes, ...]] | None = None) -> None:
         self._init(owner=owner, forwards=forwards, masqs=masqs, conditions=conditions or {},
                    raw_conditions=raw_conditions or {}, snat=snat, masq_all=masq_all, mark_bit=mark_bit,
                    external_mark_chain=external_mark_chain, conntrack_flush=conntrack_flush,
@@ -241,7 +284,7 @@ class Plan(_Record):
         return "\n".join(lines)
 
 
-def _norm_host_ip(host_ip: str | None, fam: int) -> "str | None | bool":
+def _norm_host_ip(host_ip: str | None, fam: int) -> str | Literal[False] | None:
     """hostIP for family ``fam``: None = any address, False = other family (skip)."""
     if not host_ip:
         return None
@@ -258,7 +301,7 @@ class Listed(_Record):
 
     __slots__ = ("owner", "family", "proto", "host_ip", "host_port", "container_ip", "container_port",
                  "backend", "state")
-    owner: "Owner | None"
+    owner: Owner | None
     family: int
     proto: str
     host_ip: str | None
@@ -269,12 +312,12 @@ class Listed(_Record):
     #: "active" (packets use it) or "shadowed" (taken over by a newer ADD; restored on its DEL)
     state: str
 
-    def __init__(self, owner: "Owner | None", family: int, proto: str, host_ip: str | None, host_port: int,
+    def __init__(self, owner: Owner | None, family: int, proto: str, host_ip: str | None, host_port: int,
                  container_ip: str, container_port: int, backend: str, state: str = "active") -> None:
         self._init(owner=owner, family=family, proto=proto, host_ip=host_ip, host_port=host_port,
                    container_ip=container_ip, container_port=container_port, backend=backend, state=state)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         o = self.owner
         return {"containerID": o.container_id if o else None, "ifname": o.ifname if o else None,
                 "network": o.network if o else None, "family": self.family, "protocol": self.proto,
@@ -282,7 +325,7 @@ class Listed(_Record):
                 "containerPort": self.container_port, "backend": self.backend, "state": self.state}
 
 
-def _conditions(conf, fam: int) -> tuple:
+def _conditions(conf: PlanConf, fam: int) -> tuple[Match, ...]:
     """``conf.parsed_conditions(fam)``, except for a config parsed for DEL: there an
     invalid list was tolerated (:mod:`nlportmap.config`, DEL leniency) and counts as
     none -- DEL removes elements by owner and never uses the conditions."""
@@ -295,7 +338,7 @@ def _conditions(conf, fam: int) -> tuple:
         raise
 
 
-def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
+def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner) -> Plan:
     """Build the plan for one attachment.
 
     ``conf``: a decoded :class:`nlportmap.config.NetConf` (validated).
@@ -317,7 +360,7 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
             continue
         version, packed, _ = addr.parse_interface(cidr)
         cip = addr.canonical(version, packed)
-        seen: set = set()
+        seen: set[tuple[int, str, str | None, int]] = set()
         for m in mappings:
             proto = m.protocol.lower()
             hip = _norm_host_ip(m.hostIP, fam)
@@ -340,7 +383,7 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
         for m in mappings:
             if m.protocol.lower() in ("udp", "sctp") and (fam, m.protocol.lower(), m.hostPort) not in flush:
                 flush.append((fam, m.protocol.lower(), m.hostPort))
-    host_keys: list = []
+    host_keys: list[tuple[int, str, str | None, int]] = []
     for fam in (4, 6):
         for m in mappings:
             hip = _norm_host_ip(m.hostIP, fam)

@@ -23,6 +23,10 @@ thread's network namespace.
 import _socket
 import struct
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover  (no __future__ import here: it would cost a module; string annotations)
+    from collections.abc import Iterable, Iterator
+
 __all__ = ["proxy_addresses"]
 
 # Which interfaces to read is configuration: serviceProxyInterfaces, default
@@ -78,8 +82,8 @@ def getaddr_request(ifindex: int, seq: int) -> bytes:
     return _HDR.pack(16 + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def _attrs(buf: bytes, off: int, end: int) -> dict:
-    out = {}
+def _attrs(buf: bytes, off: int, end: int) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
     while off + 4 <= end:
         ln, ty = _NLA.unpack_from(buf, off)
         if ln < 4:
@@ -89,7 +93,7 @@ def _attrs(buf: bytes, off: int, end: int) -> dict:
     return out
 
 
-def messages(buf: bytes):
+def messages(buf: bytes) -> "Iterator[tuple[int, int, int, bytes]]":
     """(type, flags, seq, message bytes) of each netlink message in ``buf``."""
     off = 0
     while off + 16 <= len(buf):
@@ -102,12 +106,14 @@ def messages(buf: bytes):
 
 def error_code(msg: bytes) -> int:
     """The positive errno of an NLMSG_ERROR message (0 = ack)."""
-    return -struct.unpack_from("=i", msg, 16)[0]
+    code: int = -struct.unpack_from("=i", msg, 16)[0]
+    return code
 
 
 def link_index(msg: bytes) -> int:
     """``ifi_index`` of an RTM_NEWLINK message."""
-    return _IFINFO.unpack_from(msg, 16)[2]
+    index: int = _IFINFO.unpack_from(msg, 16)[2]
+    return index
 
 
 def address_of(msg: bytes, ifindex: int | None = None) -> tuple[int, bytes] | None:
@@ -129,8 +135,9 @@ class _Conn:
         s = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
         try:
             for opt in (NETLINK_GET_STRICT_CHK, NETLINK_EXT_ACK):
-                try:  # without strict checking (kernels < 4.20) the dump is not
-                    s.setsockopt(SOL_NETLINK, opt, 1)  # filtered: address_of() filters
+                # without strict checking (kernels < 4.20) the dump is not filtered: address_of() filters
+                try:  # noqa: SIM105 (cold exec path: no contextlib import for this)
+                    s.setsockopt(SOL_NETLINK, opt, 1)
                 except OSError:
                     pass
             s.bind((0, 0))
@@ -140,11 +147,11 @@ class _Conn:
             raise
         self.s = s
 
-    def exchange(self, reqs: list[bytes], seqs: list[int]) -> dict:
+    def exchange(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list[bytes] | int]:
         """Send ``reqs`` in one write; {seq: [messages] | errno} once each has ended
         (a get: its one reply; a dump: NLMSG_DONE; either: an error)."""
         self.s.send(b"".join(reqs))
-        out: dict = {q: [] for q in seqs}
+        out: dict[int, list[bytes] | int] = {q: [] for q in seqs}
         pending = set(seqs)
         while pending:
             for typ, flags, seq, msg in messages(self.s.recv(1 << 16)):
@@ -156,13 +163,15 @@ class _Conn:
                 elif typ == NLMSG_DONE:
                     pending.discard(seq)
                 else:
-                    out[seq].append(msg)
+                    got = out[seq]
+                    assert not isinstance(got, int)  # pending: no error stored yet
+                    got.append(msg)
                     if not flags & NLM_F_MULTI:
                         pending.discard(seq)
         return out
 
 
-def proxy_addresses(names, timeout: float = 5.0) -> dict[int, list[bytes]]:
+def proxy_addresses(names: "Iterable[str]", timeout: float = 5.0) -> dict[int, list[bytes]]:
     """``{4: [4-byte addresses], 6: [16-byte addresses]}`` on the interfaces ``names``
     (absent interfaces contribute nothing; ``names`` empty: no socket at all).
 
@@ -176,9 +185,9 @@ def proxy_addresses(names, timeout: float = 5.0) -> dict[int, list[bytes]]:
     conn = _Conn(timeout)
     try:
         seqs = list(range(1, len(names) + 1))
-        got = conn.exchange([getlink_request(n, q) for n, q in zip(names, seqs)], seqs)
+        got = conn.exchange([getlink_request(n, q) for n, q in zip(names, seqs, strict=True)], seqs)
         indexes = []
-        for name, q in zip(names, seqs):
+        for name, q in zip(names, seqs, strict=True):
             r = got[q]
             if isinstance(r, int):
                 if r == ENODEV:

@@ -6,13 +6,12 @@ result as ``prevResult``, must decode it according to the **config's**
 ``cniVersion`` and must print it (possibly modified) as its own ADD result in
 that version.  Result shapes come in three families:
 
-=========  ================================  ==========================================
-family     versions                          shape
-=========  ================================  ==========================================
-``0.2.x``  ``""``, ``0.1.0``, ``0.2.0``      ``ip4``/``ip6`` objects (``ip``, ``gateway``, ``routes``), ``dns``
-``0.4.x``  ``0.3.0``, ``0.3.1``, ``0.4.0``   ``interfaces[]``, ``ips[]`` (``version``, ``interface``, ``address``, ``gateway``), ``routes[]``, ``dns``
-``1.x``    ``1.0.0``, ``1.1.0``              like 0.4.x without ``ips[].version``; extra interface/route fields
-=========  ================================  ==========================================
+``0.2.x`` (versions ``""``, ``0.1.0``, ``0.2.0``)
+    ``ip4``/``ip6`` objects (``ip``, ``gateway``, ``routes``), ``dns``
+``0.4.x`` (versions ``0.3.0``, ``0.3.1``, ``0.4.0``)
+    ``interfaces[]``, ``ips[]`` (``version``, ``interface``, ``address``, ``gateway``), ``routes[]``, ``dns``
+``1.x`` (versions ``1.0.0``, ``1.1.0``)
+    like 0.4.x without ``ips[].version``; extra interface/route fields
 
 Like Go's ``version.ParsePrevResult`` a prevResult without a version is taken
 to be in the config's version; one with a version of another family is
@@ -34,9 +33,13 @@ from .gojson import ci_get, fold, json_type
 
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any
+    from collections.abc import Iterator
+    from typing import Any, TypeAlias
 
-__all__ = ["RESULT_FAMILIES", "result_family", "decode_prev_result", "container_ips"]
+    #: a decoded JSON object (values are whatever JSON held: checked where used)
+    JSONObject: TypeAlias = dict[str, Any]
+
+__all__ = ["RESULT_FAMILIES", "container_ips", "decode_prev_result", "result_family"]
 
 #: family name -> the ``cniVersion`` strings its result type accepts, in
 #: upstream's order (``pkg/types/020``, ``040``, ``100`` ``SupportedVersions``).
@@ -70,7 +73,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _expect(value: Any, kind: type | tuple, where: str, what: str) -> Any:
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
     ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
     if not ok:
         raise _fail(f"{where}: expected {what}, got {json_type(value)} {_show(value)}")
@@ -93,7 +96,7 @@ def _parse_cidr(text: str) -> tuple[int, bytes, int]:
     return addr.parse_interface(text)
 
 
-def _check_cidr(obj: dict, key: str, where: str) -> None:
+def _check_cidr(obj: JSONObject, key: str, where: str) -> None:
     value = ci_get(obj, key)
     if value is None:
         return
@@ -104,7 +107,7 @@ def _check_cidr(obj: dict, key: str, where: str) -> None:
         raise _fail(f"{where}.{key}: invalid CIDR address: {value}") from None
 
 
-def _check_ip(obj: dict, key: str, where: str) -> None:
+def _check_ip(obj: JSONObject, key: str, where: str) -> None:
     value = ci_get(obj, key)
     if value is None:
         return
@@ -117,8 +120,8 @@ def _check_ip(obj: dict, key: str, where: str) -> None:
         raise _fail(f"{where}.{key}: invalid IP address: {value}") from None
 
 
-def _check_fields(obj: dict, where: str, strings: tuple = (), ints: tuple = (),
-                  string_lists: tuple = ()) -> None:
+def _check_fields(obj: JSONObject, where: str, strings: tuple[str, ...] = (), ints: tuple[str, ...] = (),
+                  string_lists: tuple[str, ...] = ()) -> None:
     for key in strings:
         value = ci_get(obj, key)
         if value is not None:
@@ -136,7 +139,7 @@ def _check_fields(obj: dict, where: str, strings: tuple = (), ints: tuple = (),
                     _expect(item, str, f"{where}.{key}[{i}]", "a string")
 
 
-def _objects(value: Any, where: str):
+def _objects(value: Any, where: str) -> Iterator[tuple[int, JSONObject]]:
     """Yield ``(index, dict)`` for a JSON array of objects (nulls skipped, as Go leaves them nil)."""
     if value is None:
         return
@@ -156,7 +159,7 @@ def _check_routes(value: Any, where: str, v1: bool) -> None:
             _check_fields(route, w, ints=("mtu", "advmss", "priority", "table", "scope"))
 
 
-def _check_dns(obj: dict) -> None:
+def _check_dns(obj: JSONObject) -> None:
     dns = ci_get(obj, "dns")
     if dns is None:
         return
@@ -164,7 +167,7 @@ def _check_dns(obj: dict) -> None:
     _check_fields(dns, "dns", strings=("domain",), string_lists=("nameservers", "search", "options"))
 
 
-def _check_shape(prev: dict, family: str) -> None:
+def _check_shape(prev: JSONObject, family: str) -> None:
     if family == "0.2.x":
         for key in ("ip4", "ip6"):
             ipc = ci_get(prev, key)
@@ -189,7 +192,7 @@ def _check_shape(prev: dict, family: str) -> None:
     _check_dns(prev)
 
 
-def _declared_version(prev: dict, cni_version: str) -> str:
+def _declared_version(prev: JSONObject, cni_version: str) -> str:
     """The version Go's decoder ends up with for ``prev`` (see module docstring).
 
     Go (``version.ParsePrevResult``) injects ``"CNIVersion": <config version>``
@@ -211,7 +214,7 @@ def _declared_version(prev: dict, cni_version: str) -> str:
     return version
 
 
-def decode_prev_result(prev: dict, cni_version: str) -> dict:
+def decode_prev_result(prev: JSONObject, cni_version: str) -> JSONObject:
     """Validate ``prev`` for the config version ``cni_version`` and return the object to echo on ADD.
 
     ``prev``: the decoded JSON object from the config's ``prevResult``.
@@ -238,14 +241,14 @@ def decode_prev_result(prev: dict, cni_version: str) -> dict:
         raise _fail(f"result type supports [{' '.join(accepted)}] "
                     f'but unmarshalled CNIVersion is "{declared}"')
     _check_shape(prev, family)
-    out: dict = {"cniVersion": version}
+    out: JSONObject = {"cniVersion": version}
     for key, value in prev.items():
         if fold(key) != "cniversion":
             out[key] = value
     return out
 
 
-def _family_of_shape(prev: dict) -> str:
+def _family_of_shape(prev: JSONObject) -> str:
     version = ci_get(prev, "cniVersion")
     fam = result_family(version) if isinstance(version, str) else None
     if fam:
@@ -267,7 +270,7 @@ def _as_interface_string(text: str, where: str) -> tuple[int, str]:
     return version, f"{addr.canonical(version, packed)}/{plen}"
 
 
-def container_ips(prev: dict, ifname: str) -> dict[int, str | None]:
+def container_ips(prev: JSONObject, ifname: str) -> dict[int, str | None]:
     """Pick the container's IPv4 and IPv6 address from a (decoded) prevResult.
 
     Returns ``{4: "10.0.0.2/24" | None, 6: "2001:db8:1::2/64" | None}``:
@@ -293,7 +296,7 @@ def container_ips(prev: dict, ifname: str) -> dict[int, str | None]:
             ipc = ci_get(prev, key)
             if isinstance(ipc, dict):
                 entries.append((ci_get(ipc, addr_key), None, f"{key}.ip"))
-        interfaces: list = []
+        interfaces: list[Any] = []
     else:
         ips = ci_get(prev, "ips")
         entries = [(ci_get(e, "address"), ci_get(e, "interface"), f"ips[{i}].address")

@@ -69,15 +69,13 @@ import time
 import posix as _os  # os's C core: 'import os' costs ~1 ms of a ~9 ms interpreter start
 import _socket
 
+from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
+
 __all__ = ["DEFAULT_SOCKET", "PROTOCOL_VERSION", "plugin_main", "launch", "exchange",
            "encode_request", "netns_identity"]
 
-DEFAULT_SOCKET = "/run/nlportmap/daemon.sock"
-PROTOCOL_VERSION = 1
-MAGIC = b"NLPM"
 DEFAULT_DEADLINE = 0.5
 DEFAULT_TIMEOUT = 90.0
-MAX_FRAME = 64 << 20
 _FORWARD = (b"CNI_", b"NLPORTMAP_")
 
 
@@ -106,12 +104,6 @@ def socket_path() -> bytes | None:
     if p.strip().lower() in (b"", b"none", b"off", b"0"):
         return None
     return p
-
-
-def netns_identity(pid: str = "self") -> tuple[int, int]:
-    """(st_dev, st_ino) of ``/proc/<pid>/ns/net``: equal pairs = same network namespace."""
-    st = _os.stat(f"/proc/{pid}/ns/net")
-    return st.st_dev, st.st_ino
 
 
 def encode_request(env: dict, stdin: bytes, netns: tuple[int, int] | None = None,
@@ -351,5 +343,5 @@ def launch() -> int:
         return plugin_main(t0)
     import site
     site.main()
-    from .__main__ import main
-    return main()
+    from .cli import main
+    return main(sys.argv[1:])

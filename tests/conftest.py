@@ -2,7 +2,11 @@
 pytest plugin (``topology`` / ``topology_factory`` fixtures, ``requires_root``
 marker; the project's ``@pytest.mark.root`` skips the same way when not root)."""
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 _FIXTURES = str(Path(__file__).resolve().parent.parent / "netns-fixtures")
@@ -10,11 +14,6 @@ if _FIXTURES not in sys.path:
     sys.path.insert(0, _FIXTURES)
 
 pytest_plugins = ["netns_fixtures.pytest_plugin"]
-
-import atexit
-import os
-import shutil
-import tempfile
 
 # nlportmap keeps one lock file per network namespace (nlportmap.lock); tests make
 # hundreds of namespaces, so their locks live in a private directory removed at exit

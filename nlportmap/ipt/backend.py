@@ -419,7 +419,7 @@ class IptBackend:
                 _, nt = self.read(fam)
             except KernelError:
                 continue
-            for name, who, rules in R.installed(nt):
+            for _chain, who, rules in R.installed(nt):
                 owner = Owner(who[1], "", who[0]) if who else None
                 for r in rules:
                     out.append(Listed(owner, fam, r.proto, r.host_ip, r.host_port,

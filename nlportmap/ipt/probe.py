@@ -24,6 +24,12 @@ from __future__ import annotations
 import errno
 import struct
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
+
+    from ..nft.wire import NetfilterSocket
+
 __all__ = ["ChainProbe"]
 
 
@@ -31,9 +37,9 @@ class ChainProbe:
     """``may_hold(fam, names)``: False only when none of the chains ``names`` can exist
     in family ``fam``'s ``nat`` table.  Opens one netlink socket lazily; :meth:`close`."""
 
-    def __init__(self, table: str = "nat"):
+    def __init__(self, table: str = "nat") -> None:
         self.table = table
-        self._sock = None
+        self._sock: NetfilterSocket | None = None
         self._failed = False
 
     def close(self) -> None:
@@ -41,16 +47,16 @@ class ChainProbe:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self):
+    def __enter__(self) -> ChainProbe:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _socket(self):
+    def _socket(self) -> NetfilterSocket | None:
         if self._sock is None and not self._failed:
             try:
-                from ..nft.netlink import NetfilterSocket
+                from ..nft.wire import NetfilterSocket  # (netlink.py re-exports it; wire has no pyroute2)
                 self._sock = NetfilterSocket()
             except (OSError, ImportError):
                 self._failed = True
@@ -61,7 +67,7 @@ class ChainProbe:
         sock = self._socket()
         if sock is None:
             return None
-        from ..nft import netlink as N
+        from ..nft import wire as N
         seq = sock.next_seq()
         body = (struct.pack("!BBH", N.FAMILY[fam], 0, 0)
                 + N._nlstr(1, self.table)     # NFTA_CHAIN_TABLE
@@ -74,7 +80,7 @@ class ChainProbe:
             return False if r == errno.ENOENT else None
         return True
 
-    def may_hold(self, fam: int, names) -> bool:
+    def may_hold(self, fam: int, names: Iterable[str]) -> bool:
         from ..presence import legacy_nat_present
         if legacy_nat_present(fam):
             return True

@@ -45,19 +45,59 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from .names import DN_PREFIX, MAX_CHAIN_NAME, SN_PREFIX, chain_name, dn_chain, sn_chain
+from .names import DN_PREFIX, MAX_CHAIN_NAME, chain_name, dn_chain, sn_chain
 
 __all__ = [
-    "TABLE", "DNAT_CHAIN", "SETMARK_CHAIN", "MASQ_CHAIN", "SNAT_CHAIN", "TOPLEVEL_ENTRY_CHAINS",
-    "MAX_CHAIN_NAME", "MULTIPORT_MAX", "COMMENT_MAX", "SETMARK_COMMENT", "MASQ_JUMP_COMMENT",
-    "chain_name", "dn_chain", "sn_chain", "mark_spec", "dnat_comment", "parse_dnat_comment",
-    "setmark_rule", "masq_rule", "postrouting_jump", "toplevel_jump", "dnat_target",
-    "container_rules", "entry_match_rules", "ContainerChain", "container_chain",
-    "quote", "restore_line", "restore_text", "split_rule",
-    "NatTable", "parse_save", "DnatRule", "parse_dnat_rule",
-    "add_lines", "teardown_lines", "check_lines", "conflicts", "installed",
-    "GUARD_TABLE", "LOCALNET_CHAIN", "jump_target", "text_safe", "delete_jump_lines", "shared_objects",
-    "guard_objects", "guard_lines", "undo_lines", "undo_shared_lines", "Snapshot",
+    "COMMENT_MAX",
+    "DNAT_CHAIN",
+    "GUARD_TABLE",
+    "LOCALNET_CHAIN",
+    "MASQ_CHAIN",
+    "MASQ_JUMP_COMMENT",
+    "MAX_CHAIN_NAME",
+    "MULTIPORT_MAX",
+    "SETMARK_CHAIN",
+    "SETMARK_COMMENT",
+    "SNAT_CHAIN",
+    "TABLE",
+    "TOPLEVEL_ENTRY_CHAINS",
+    "ContainerChain",
+    "DnatRule",
+    "NatTable",
+    "Snapshot",
+    "add_lines",
+    "chain_name",
+    "check_lines",
+    "conflicts",
+    "container_chain",
+    "container_rules",
+    "delete_jump_lines",
+    "dn_chain",
+    "dnat_comment",
+    "dnat_target",
+    "entry_match_rules",
+    "guard_lines",
+    "guard_objects",
+    "installed",
+    "jump_target",
+    "mark_spec",
+    "masq_rule",
+    "parse_dnat_comment",
+    "parse_dnat_rule",
+    "parse_save",
+    "postrouting_jump",
+    "quote",
+    "restore_line",
+    "restore_text",
+    "setmark_rule",
+    "shared_objects",
+    "sn_chain",
+    "split_rule",
+    "teardown_lines",
+    "text_safe",
+    "toplevel_jump",
+    "undo_lines",
+    "undo_shared_lines",
 ]
 
 #: All rules live in table ``nat`` (§3.1).
@@ -71,7 +111,8 @@ SNAT_CHAIN = "CNI-HOSTPORT-SNAT"
 GUARD_TABLE = "raw"
 LOCALNET_CHAIN = "CNI-HOSTPORT-LOCALNET"
 LOCALNET_JUMP_COMMENT = "CNI portfwd localnet guard"
-LOCALNET_COMMENT = "CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces"          # legacy entry chain of CNI-SN-<hash> (§3.2, §3.9)
+LOCALNET_COMMENT = "CNI portfwd: drop 127.0.0.0/8 from non-loopback interfaces"
+#: legacy entry chains of CNI-SN-<hash> (§3.2, §3.9)
 TOPLEVEL_ENTRY_CHAINS = ("PREROUTING", "OUTPUT")
 #: ``-m multiport`` takes at most 15 ports (§3.5).
 MULTIPORT_MAX = 15
@@ -175,10 +216,10 @@ def container_rules(family: int, forwards, *, snat: bool, masq_all: bool,
         if f.host_ip:
             base += ["-d", f.host_ip]
         if snat:
-            out.append(base + ["-s", src, "-j", mark_chain])
+            out.append([*base, "-s", src, "-j", mark_chain])
             if family == 4 and not masq_all:
-                out.append(base + ["-s", "127.0.0.1", "-j", mark_chain])
-        out.append(base + ["-j", "DNAT", "--to-destination", dnat_target(family, f.container_ip, f.container_port)])
+                out.append([*base, "-s", "127.0.0.1", "-j", mark_chain])
+        out.append([*base, "-j", "DNAT", "--to-destination", dnat_target(family, f.container_ip, f.container_port)])
     return out
 
 
@@ -244,7 +285,7 @@ def container_chain(plan, family: int) -> ContainerChain:
     rules = container_rules(family, fws, snat=plan.snat, masq_all=plan.masq_all,
                             container_cidr=cidr, mark_chain=mark_chain)
     conds = (plan.raw_conditions or {}).get(family)
-    entries = [r + ["-j", name] for r in entry_match_rules(plan.all_mappings, o.network, o.container_id, conds)]
+    entries = [[*r, "-j", name] for r in entry_match_rules(plan.all_mappings, o.network, o.container_id, conds)]
     return ContainerChain(family, name, tuple(tuple(r) for r in rules), tuple(tuple(r) for r in entries),
                           plan.snat, plan.external_mark_chain, plan.mark_bit)
 
@@ -584,7 +625,7 @@ def undo_shared_lines(before: NatTable, now: NatTable, chains, rules, *, gone=()
         if before.has_chain(c) or not now.has_chain(c):
             continue
         left = [sp for sp in now.rules(c) if (c, sp) not in gone]
-        refs = [r for r in now.referrers(c) if r not in gone and r[0] not in keep_referenced]
+        refs = [r for r in now.referrers(c) if r not in gone]
         if not left and not refs:
             L += [f":{c} - [0:0]", restore_line("-X", c)]
     return L

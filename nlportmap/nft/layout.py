@@ -40,11 +40,20 @@ from __future__ import annotations
 
 from . import wire as N
 
-try:  # the C hash modules directly: 'hashlib' costs ~1.7 ms of a cold start
-    from _sha1 import sha1 as _sha1
-    from _sha256 import sha256 as _sha256
-except ImportError:  # pragma: no cover - other builds
-    from hashlib import sha1 as _sha1, sha256 as _sha256
+TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable, Sequence
+    from hashlib import sha1 as _sha1, sha256 as _sha256  # typeshed has no stubs for _sha1/_sha256
+
+    from ..conditions import Match
+    from .netlink import Nest
+    from .wire import Op
+else:
+    try:  # the C hash modules directly: 'hashlib' costs ~1.7 ms of a cold start
+        from _sha1 import sha1 as _sha1
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # pragma: no cover - other builds
+        from hashlib import sha1 as _sha1, sha256 as _sha256
 
 TABLE = "nlportmap"
 LAYOUT_VERSION = 3  # 3: proxy_vips set and its return rule in hostports
@@ -60,7 +69,7 @@ PROXY_VIPS = "proxy_vips"
 #: sets whose elements name their owner in their comment (DEL, GC and list scan these)
 SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS, OWNED)
 #: every set the skeleton creates (CHECK verifies they exist)
-ALL_SETS = SETS + (PROXY_VIPS,)
+ALL_SETS = (*SETS, PROXY_VIPS)
 
 
 def alen(fam: int) -> int:
@@ -196,7 +205,7 @@ def parse_record(fam: int, data: bytes) -> tuple[str, str | None, int, str]:
 MAX_CONDITION_RULES = 64
 
 
-def compile_conditions(fam: int, conds) -> list[list]:
+def compile_conditions(fam: int, conds: Sequence[Match] | None) -> list[list[Nest]]:
     """Parsed conditions -> alternatives (each a list of expressions; OR between them).
 
     ``==`` with an anonymous set of k values gives k alternatives; ``!=`` with
@@ -206,7 +215,7 @@ def compile_conditions(fam: int, conds) -> list[list]:
     if not conds:
         return [[]]
     from . import netlink as N  # pyroute2-built expressions: only when conditions are set
-    alts: list[list] = [[]]
+    alts: list[list[Nest]] = [[]]
     for c in conds or ():
         if c.field in ("saddr", "daddr"):
             one = [N.addr_match(fam, c.field, v, c.negate) for v in c.values]
@@ -222,7 +231,7 @@ def compile_conditions(fam: int, conds) -> list[list]:
     return alts
 
 
-def fingerprint(fam: int, conds) -> str:
+def fingerprint(fam: int, conds: Sequence[Match] | None) -> str:
     """Comment stored on the prerouting jump rules: layout version + conditions."""
     text = " ".join(str(c) for c in conds or ())
     h = _sha1(f"{LAYOUT_VERSION}|{fam}|{text}".encode()).hexdigest()[:12]
@@ -233,7 +242,7 @@ def fingerprint(fam: int, conds) -> str:
 
 
 # ------------------------------------------------------------------ skeleton
-def skeleton(fam: int, conds) -> list:
+def skeleton(fam: int, conds: Sequence[Match] | None) -> list[Op]:
     """Ops that (re)create the table, sets, chains and their static rules.
 
     Idempotent: objects are added with CREATE|APPEND, chains are flushed and
@@ -289,33 +298,36 @@ def skeleton(fam: int, conds) -> list:
     for alt in compile_conditions(fam, conds):
         for c in ("prerouting", "output"):
             ops.append(N.rule(F, T, c, alt + N.fib_daddr_local() + [N.verdict(N.NFT_JUMP, "hostports")], comment=fp))
-    ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
-        N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
+    ops.append(N.rule(F, T, "postrouting", [
+        *N.ct_status_dnat(), N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
         N.lookup(MASQ_PAIRS, N.REG_1), N.masq()], comment=fp))
-    ops.append(N.rule(F, T, "postrouting", N.ct_status_dnat() + [
-        N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()], comment=fp))
+    ops.append(N.rule(F, T, "postrouting", [
+        *N.ct_status_dnat(), N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()],
+        comment=fp))
     if fam == 4:
         ops.append(N.chain(F, T, "localnet_guard", "prerouting", -300, ctype="filter",
                            comment="drop packets to 127.0.0.0/8 from non-loopback interfaces (CVE-2020-8558)"))
         ops.append(N.flush_chain(F, T, "localnet_guard"))
-        ops.append(N.rule(F, T, "localnet_guard", N.ifname_match("iifname", "lo", True)
-                          + [N.payload(1, 16, 1), N.cmp(b"\x7f"), N.counter(), N.verdict(N.NF_DROP)],
+        ops.append(N.rule(F, T, "localnet_guard",
+                          [*N.ifname_match("iifname", "lo", True),
+                           N.payload(1, 16, 1), N.cmp(b"\x7f"), N.counter(), N.verdict(N.NF_DROP)],
                           comment=fp))
     return ops
 
 
-def proxy_vips_ops(fam: int, addrs) -> list:
+def proxy_vips_ops(fam: int, addrs: Iterable[bytes]) -> list[Op]:
     """Ops that replace the elements of ``proxy_vips`` by ``addrs`` (packed addresses of
     family ``fam``): a flush, then the adds (in the caller's batch, so atomic)."""
     F = N.FAMILY[fam]
     ops = [N.flush_set(F, TABLE, PROXY_VIPS)]
-    items = [(b, None, None) for b in dict.fromkeys(addrs) if len(b) == alen(fam)]
+    items: list[tuple[bytes, bytes | None, str | None]] = [
+        (b, None, None) for b in dict.fromkeys(addrs) if len(b) == alen(fam)]
     for i in range(0, len(items), 200):
         ops.append(N.set_elems(True, F, TABLE, PROXY_VIPS, items[i:i + 200]))
     return ops
 
 
-def expected_rules(fam: int, conds) -> dict[str, int]:
+def expected_rules(fam: int, conds: Sequence[Match] | None) -> dict[str, int]:
     """Static rules per chain the skeleton installs (all carry the fingerprint comment)."""
     n = len(compile_conditions(fam, conds))
     out = {"prerouting": n, "output": n, "hostports": 3, "postrouting": 2}

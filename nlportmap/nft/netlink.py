@@ -24,7 +24,7 @@ errno means nothing was applied.  See ../shared/reference/netlink-notes.md §2.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, TypeAlias
 
 from .. import _pyroute2
 from .wire import *  # noqa: F403 - re-export: one namespace for builders and wire
@@ -37,81 +37,88 @@ _pyroute2.load()
 
 from pyroute2.netlink.nfnetlink import nftsocket as nfts  # noqa: E402
 
+#: one attribute in pyroute2's notation: (NLA name, value: int, str, bytes, set or a Nest)
+Attr: TypeAlias = tuple[str, object]
+#: a nested attribute set in pyroute2's notation: ``{"attrs": [Attr, ...]}``; also an expression
+Nest: TypeAlias = dict[str, list[Attr]]
+
 # ---------------------------------------------------------------- expressions
-def _e(name: str, attrs: list) -> dict:
-    p = "NFTA_%s_" % name.upper()
+def _e(name: str, attrs: list[Attr]) -> Nest:
+    p = f"NFTA_{name.upper()}_"
     return {"attrs": [("NFTA_EXPR_NAME", name),
                       ("NFTA_EXPR_DATA", {"attrs": [(p + k.upper(), v) for k, v in attrs]})]}
 
 
-def _d(b: bytes) -> dict:
+def _d(b: bytes) -> Nest:
     return {"attrs": [("NFTA_DATA_VALUE", b)]}
 
 
-def payload(base: int, off: int, ln: int, dreg: int = REG_1) -> dict:
+def payload(base: int, off: int, ln: int, dreg: int = REG_1) -> Nest:
     """Load ``ln`` bytes at ``off`` of header ``base`` (0 link, 1 network, 2 transport)."""
     return _e("payload", [("dreg", dreg), ("base", base), ("offset", off), ("len", ln)])
 
 
-def cmp(b: bytes, op: int = CMP_EQ, sreg: int = REG_1) -> dict:
+def cmp(b: bytes, op: int = CMP_EQ, sreg: int = REG_1) -> Nest:
     return _e("cmp", [("sreg", sreg), ("op", op), ("data", _d(b))])
 
 
-def meta(key: int, dreg: int = REG_1) -> dict:
+def meta(key: int, dreg: int = REG_1) -> Nest:
     return _e("meta", [("dreg", dreg), ("key", key)])
 
 
-def ct(key: int, dreg: int = REG_1) -> dict:
+def ct(key: int, dreg: int = REG_1) -> Nest:
     return _e("ct", [("dreg", dreg), ("key", key)])
 
 
-def bitwise(mask: bytes, xor: bytes, reg: int = REG_1) -> dict:
+def bitwise(mask: bytes, xor: bytes, reg: int = REG_1) -> Nest:
     return _e("bitwise", [("sreg", reg), ("dreg", reg), ("len", len(mask)),
                           ("mask", _d(mask)), ("xor", _d(xor))])
 
 
-def verdict(code: int, chain: str | None = None) -> dict:
-    v = [("NFTA_VERDICT_CODE", code)] + ([("NFTA_VERDICT_CHAIN", chain)] if chain else [])
+def verdict(code: int, chain: str | None = None) -> Nest:
+    v: list[Attr] = [("NFTA_VERDICT_CODE", code)]
+    if chain:
+        v.append(("NFTA_VERDICT_CHAIN", chain))
     return _e("immediate", [("dreg", REG_VERDICT),
                             ("data", {"attrs": [("NFTA_DATA_VERDICT", {"attrs": v})]})])
 
 
-def counter() -> dict:
+def counter() -> Nest:
     return _e("counter", [])
 
 
-def masq() -> dict:
+def masq() -> Nest:
     return _e("masq", [])
 
 
-def fib_daddr_local() -> list:
+def fib_daddr_local() -> list[Nest]:
     """``fib daddr type local``: NFT_FIB_RESULT_ADDRTYPE (3), NFTA_FIB_F_DADDR (2)."""
     return [_e("fib", [("dreg", REG_1), ("result", 3), ("flags", 2)]),
             cmp(struct.pack("=I", RTN_LOCAL))]
 
 
-def ct_status_dnat() -> list:
+def ct_status_dnat() -> list[Nest]:
     """``ct status dnat``: status (host order u32) & IPS_DST_NAT != 0."""
     return [ct(CT_STATUS), bitwise(struct.pack("=I", IPS_DST_NAT), b"\0" * 4),
             cmp(b"\0" * 4, CMP_NEQ)]
 
 
-def lookup(set_name: str, sreg: int = REG_1, dreg: int | None = None) -> dict:
-    a = [("set", set_name), ("sreg", sreg)]
+def lookup(set_name: str, sreg: int = REG_1, dreg: int | None = None) -> Nest:
+    a: list[Attr] = [("set", set_name), ("sreg", sreg)]
     if dreg is not None:
         a.append(("dreg", dreg))
     return _e("lookup", a)
 
 
-def nat(ntype: int, family: int, reg_addr: int, reg_proto: int | None = None) -> dict:
+def nat(ntype: int, family: int, reg_addr: int, reg_proto: int | None = None) -> Nest:
     """``nat`` expression; ntype 0 SNAT, 1 DNAT; family NFPROTO_*."""
-    a = [("type", ntype), ("family", family), ("reg_addr_min", reg_addr)]
+    a: list[Attr] = [("type", ntype), ("family", family), ("reg_addr_min", reg_addr)]
     if reg_proto is not None:
         a.append(("reg_proto_min", reg_proto))
     return _e("nat", a)
 
 
-def addr_match(family: int, which: str, network: str, negate: bool = False) -> list:
+def addr_match(family: int, which: str, network: str, negate: bool = False) -> list[Nest]:
     """``ip[6] saddr|daddr [!=] ADDR[/LEN]`` as payload [+ bitwise] + cmp."""
     import ipaddress
     net = ipaddress.ip_network(network, strict=False)
@@ -128,14 +135,11 @@ def addr_match(family: int, which: str, network: str, negate: bool = False) -> l
             cmp(net.network_address.packed, op)]
 
 
-def ifname_match(which: str, name: str, negate: bool = False) -> list:
+def ifname_match(which: str, name: str, negate: bool = False) -> list[Nest]:
     """``iifname|oifname [!=] NAME`` (trailing ``*`` = prefix match), as nft encodes it."""
     key = META_IIFNAME if which == "iifname" else META_OIFNAME
     op = CMP_NEQ if negate else CMP_EQ
-    if name.endswith("*"):
-        data = name[:-1].encode()
-    else:
-        data = name.encode() + b"\0"
+    data = name[:-1].encode() if name.endswith("*") else name.encode() + b"\0"
     if not data:
         return [] if not negate else [meta(META_NFPROTO), cmp(b"\xff")]
     return [meta(key), cmp(data, op)]
@@ -145,36 +149,40 @@ def ifname_match(which: str, name: str, negate: bool = False) -> list:
 class Pr2Msg:
     """A pyroute2-built nf_tables message in an op (see :mod:`nlportmap.nft.wire`)."""
 
-    __slots__ = ("msg", "family", "names")
+    __slots__ = ("family", "msg", "names")
 
     def __init__(self, msg: Any, family: int, names: tuple[str, ...]) -> None:
-        self.msg = msg
+        self.msg = msg  # pyroute2 nfgen_msg (untyped): stays inside this module
         self.family = family
         self.names = names
 
-    def __getitem__(self, key: str) -> Any:
-        return self.msg[key]
+    def __getitem__(self, key: str) -> object:
+        value: object = self.msg[key]
+        return value
 
     def encode_op(self, mtype: int, flags: int, seq: int) -> bytes:
         m = self.msg
         m["header"].update(type=(NFNL_SUBSYS_NFTABLES << 8) | mtype, flags=flags, sequence_number=seq, pid=0)
         m.encode()
-        return bytes(m.data)
+        data: bytes = bytes(m.data)
+        return data
 
 
 _NAME_ATTRS = ("_TABLE", "_NAME", "_CHAIN", "_LIST_SET", "LIST_TABLE")
 
 
-def _m(cls: Any, family: int, attrs: list) -> Pr2Msg:
+def _m(cls: Any, family: int, attrs: list[Attr]) -> Pr2Msg:
     m = cls()
     m["nfgen_family"] = family
     m["attrs"] = [list(a) for a in attrs]
-    names = tuple(a[1] for a in attrs if a[0].endswith(_NAME_ATTRS) and isinstance(a[1], str))
+    names = tuple(v for k, v in attrs if k.endswith(_NAME_ATTRS) and isinstance(v, str))
     return Pr2Msg(m, family, names)
 
 
 def table(family: int, name: str, comment: str | None = None, flags: int = ADD) -> Op:
-    a = [("NFTA_TABLE_NAME", name)] + ([("NFTA_TABLE_USERDATA", comment)] if comment else [])
+    a: list[Attr] = [("NFTA_TABLE_NAME", name)]
+    if comment:
+        a.append(("NFTA_TABLE_USERDATA", comment))
     return NEWTABLE, flags, _m(nfts.nft_table_msg, family, a)
 
 
@@ -184,7 +192,7 @@ def del_table(family: int, name: str) -> Op:
 
 def chain(family: int, tbl: str, name: str, hook: str | None = None, prio: int = 0,
           ctype: str = "nat", comment: str | None = None, flags: int = ADD) -> Op:
-    a = [("NFTA_CHAIN_TABLE", tbl), ("NFTA_CHAIN_NAME", name)]
+    a: list[Attr] = [("NFTA_CHAIN_TABLE", tbl), ("NFTA_CHAIN_NAME", name)]
     if hook:
         a += [("NFTA_CHAIN_HOOK", {"attrs": [("NFTA_HOOK_HOOKNUM", HOOK[hook]),
                                              ("NFTA_HOOK_PRIORITY", prio)]}),
@@ -206,11 +214,11 @@ def del_rule(family: int, tbl: str, chn: str, handle: int) -> Op:
                           [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn), ("NFTA_RULE_HANDLE", handle)])
 
 
-def rule(family: int, tbl: str, chn: str, exprs: list, comment: str | None = None,
+def rule(family: int, tbl: str, chn: str, exprs: list[Nest], comment: str | None = None,
          flags: int = ADD) -> Op:
     """NEWRULE appended to chain ``chn``; ``comment`` becomes nftnl udata (<= 250 bytes)."""
-    a = [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn),
-         ("NFTA_RULE_EXPRESSIONS", list(exprs))]
+    a: list[Attr] = [("NFTA_RULE_TABLE", tbl), ("NFTA_RULE_CHAIN", chn),
+                     ("NFTA_RULE_EXPRESSIONS", list(exprs))]
     if comment is not None:
         a.append(("NFTA_RULE_USERDATA", comment))
     return NEWRULE, flags, _m(nfts.nft_rule_msg, family, a)
@@ -220,7 +228,7 @@ def new_set(family: int, tbl: str, name: str, key_type: int, key_len: int,
             data_type: int | None = None, data_len: int | None = None,
             comment: str | None = None, set_id: int = 1) -> Op:
     """NEWSET: a hash set (``data_type`` None) or map; idempotent (CREATE|APPEND)."""
-    a = [("NFTA_SET_TABLE", tbl), ("NFTA_SET_NAME", name)]
+    a: list[Attr] = [("NFTA_SET_TABLE", tbl), ("NFTA_SET_NAME", name)]
     if data_type is not None:
         a.append(("NFTA_SET_FLAGS", set(NFT_SET_MAP_FLAGS)))
     else:

@@ -154,4 +154,4 @@ def netconf(mappings, prev=None, version="1.0.0", name="nlpm-test", **extra) -> 
     return c
 
 
-__all__ = ["Node", "Pod", "EXE", "prev_result", "netconf", "port_mapping", "CNIError", "new_container_id"]
+__all__ = ["EXE", "CNIError", "Node", "Pod", "netconf", "new_container_id", "port_mapping", "prev_result"]

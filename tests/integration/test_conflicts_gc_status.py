@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -224,7 +225,7 @@ def test_host_listener_check_is_opt_in_and_spares_runtime_placeholders(node):
         assert node.exec("ADD", netconf([port_mapping(8081, 80), port_mapping(8080, 80, "udp")], prev,
                                         hostPortListeners="reject"), cid="l2")[0] == 0
         # the runtime's own placeholder socket is not a conflict
-        comm = open(f"/proc/{srv.pid}/comm").read().strip()
+        comm = Path(f"/proc/{srv.pid}/comm").read_text().strip()
         conf = netconf([port_mapping(8080, 80)], prev, hostPortListeners="reject",
                        runtimeListenerProcesses=[comm])
         assert node.exec("ADD", conf, cid="l1")[0] == 0

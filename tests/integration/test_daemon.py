@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -65,27 +66,26 @@ class Env:
     def start_daemon(self, *extra: str, env: dict | None = None, python: tuple = ("-m", "nlportmap"),
                      socket_args: tuple | None = None, pass_fds: tuple = ()) -> subprocess.Popen:
         """``python``: what follows the interpreter (a ``-c`` wrapper may replace ``-m nlportmap``)."""
-        log = open(self.daemon_log, "w")
         full = {**self.base_env(), **(env or {})}
         sock = ("--socket", self.sock) if socket_args is None else socket_args
-        self.daemon = subprocess.Popen(
-            ["ip", "netns", "exec", self.a.name, sys.executable, *python, "daemon",
-             *sock, "--verbose", *extra],
-            env=full, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds)
-        log.close()
+        with open(self.daemon_log, "w") as log:
+            self.daemon = subprocess.Popen(
+                ["ip", "netns", "exec", self.a.name, sys.executable, *python, "daemon",
+                 *sock, "--verbose", *extra],
+                env=full, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds)
         self.wait_log("listening on", 20)
         return self.daemon
 
     def wait_log(self, what: str, timeout: float, count: int = 1) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = open(self.daemon_log).read()
+            text = Path(self.daemon_log).read_text()
             if text.count(what) >= count:
                 return text
             if self.daemon is not None and self.daemon.poll() is not None:
                 raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{text}")
             time.sleep(0.02)
-        raise AssertionError(f"daemon log never said {what!r} x{count}:\n{open(self.daemon_log).read()}")
+        raise AssertionError(f"daemon log never said {what!r} x{count}:\n{Path(self.daemon_log).read_text()}")
 
     def stop_daemon(self) -> None:
         if self.daemon is not None:
@@ -114,7 +114,7 @@ class Env:
     def shim_lines(self) -> list[dict]:
         if not os.path.exists(self.timings):
             return []
-        rows = [json.loads(x) for x in open(self.timings) if x.strip()]
+        rows = [json.loads(x) for x in Path(self.timings).read_text().splitlines() if x.strip()]
         return [r for r in rows if "nlportmap_shim" in r]
 
     def ruleset(self, ns: Netns) -> str:
@@ -223,7 +223,7 @@ def test_late_daemon_work_never_overrides_the_fallback(env):
     _ok(env.plugin(env.a, "DEL", cid, _conf(7070), NLPORTMAP_SOCKET="none"))
     env.wait_log("done ADD", 20)  # the daemon finished (refused to commit) its late copy
     assert env.elements(env.a) == []
-    assert "status 1" in open(env.daemon_log).read().split("done ADD", 1)[1].splitlines()[0]
+    assert "status 1" in Path(env.daemon_log).read_text().split("done ADD", 1)[1].splitlines()[0]
 
 
 def test_daemon_in_another_netns_is_refused(env):
@@ -256,18 +256,18 @@ def test_non_root_peer_is_refused(env):
 
 def _refused_as_nobody(env, py, src, repo):
     os.makedirs(os.path.join(repo, "nlportmap"))
-    for f in ("__init__.py", "shim.py"):
+    for f in ("__init__.py", "shim.py", "proto.py"):
         shutil.copy(os.path.join(src, "nlportmap", f), os.path.join(repo, "nlportmap", f))
     for d in (repo, os.path.join(repo, "nlportmap")):
         os.chmod(d, 0o755)
-    code = ("import sys; sys.path.insert(0, %r)\n"
+    code = (f"import sys; sys.path.insert(0, {repo!r})\n"
             "from nlportmap import shim\n"
             "try:\n"
-            "    shim.exchange(%r, shim.encode_request({b'CNI_COMMAND': b'VERSION',\n"
-            "                  b'NLPORTMAP_LOCK_DIR': %r}, b''))\n"
+            f"    shim.exchange({env.sock!r}, shim.encode_request({{b'CNI_COMMAND': b'VERSION',\n"
+            f"                  b'NLPORTMAP_LOCK_DIR': {env.lockdir.encode()!r}}}, b''))\n"
             "    print('SERVED')\n"
             "except shim.Fallback as e:\n"
-            "    print('FALLBACK', e)\n" % (repo, env.sock, env.lockdir.encode()))
+            "    print('FALLBACK', e)\n")
     cp = subprocess.run(["ip", "netns", "exec", env.a.name, "setpriv", "--reuid=65534", "--regid=65534",
                          "--clear-groups", py, "-I", "-S", "-c", code], capture_output=True, text=True,
                         timeout=30)
@@ -366,7 +366,7 @@ def test_socket_activation_serves_the_inherited_socket_and_exits_when_idle(env):
         t = time.monotonic()
         assert daemon.wait(10) == 0  # idle exit, status 0 (systemd starts it again on demand)
         assert time.monotonic() - t < 5
-        assert "idle for 1.5s" in open(env.daemon_log).read()
+        assert "idle for 1.5s" in Path(env.daemon_log).read_text()
         assert os.path.exists(env.sock)  # the socket file belongs to whoever passed it
         # the variables were consumed: the environment the daemon ran requests in had none
         env.daemon = None
@@ -450,7 +450,7 @@ def test_warnings_come_back_through_the_daemon_to_their_own_request(env):
         return env.plugin(env.a, "ADD", f"c0ffe{port}", _conf(port, f"10.244.0.{port - 8100}", proto))
 
     with ThreadPoolExecutor(len(udp) + len(tcp)) as pool:
-        results = dict(zip(udp + tcp, pool.map(add, udp + tcp)))
+        results = dict(zip(udp + tcp, pool.map(add, udp + tcp), strict=True))
     assert [r["via"] for r in env.shim_lines()] == ["daemon"] * len(results)
     for port, cp in results.items():
         _ok(cp)
@@ -461,7 +461,7 @@ def test_warnings_come_back_through_the_daemon_to_their_own_request(env):
                                         f"[Errno 1] injected failure for {port}"), warnings
         else:
             assert warnings == [], cp.stderr
-    assert "conntrack" not in open(env.daemon_log).read()  # not lost in the daemon's log
+    assert "conntrack" not in Path(env.daemon_log).read_text()  # not lost in the daemon's log
 
 
 _STORM = ("import socket, sys\n"
@@ -482,7 +482,7 @@ def test_abandoned_connections_log_one_brief_line_each(env):
                     str(n)], check=True, timeout=60, env=env.base_env())
     time.sleep(1)
     _ok(env.plugin(env.a, "ADD", "c0ffee0c", _conf(3232)))  # still serving
-    log = open(env.daemon_log).read()
+    log = Path(env.daemon_log).read_text()
     assert "Traceback" not in log and "BrokenPipeError: [Errno" not in log, log
     # a client gone before the daemon read its namespace is refused, one gone later "hung up":
     # which one each gets depends on scheduling, but each gets one short line
@@ -555,9 +555,9 @@ def test_a_listener_that_is_not_root_is_never_believed(env):
             assert line["via"] == "in-process" and why in line["reason"], line
             assert f"{cid} tcp {3300 + i}" in env.elements(env.a)
         deadline = time.monotonic() + 10
-        while len(open(count).read().split()) < 2 and time.monotonic() < deadline:
+        while len(Path(count).read_text().split()) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert open(count).read().split() == ["0", "0"]  # not one byte of any request reached it
+        assert Path(count).read_text().split() == ["0", "0"]  # not one byte of any request reached it
     finally:
         kill_process(server)
     # 3. a root daemon, but its socket in a directory others may write: not believed either

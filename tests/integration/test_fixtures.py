@@ -116,13 +116,12 @@ def test_pod_via_bridge_and_host_local():
 
 def test_teardown_after_exception():
     seen: dict = {}
-    with pytest.raises(RuntimeError, match="boom"):
-        with Topology() as t:
-            pod = t.add_netns("pod")
-            t.cni_chain_add(pod, new_container_id(), plugins_conf=t.make_conflist(None))
-            srv = echo_server(pod, proto="tcp", port=0)  # not closed by the test
-            seen = {"ns": [n.name for n in t.namespaces()], "pid": srv.pid, "tmp": t.tmpdir}
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), Topology() as t:
+        pod = t.add_netns("pod")
+        t.cni_chain_add(pod, new_container_id(), plugins_conf=t.make_conflist(None))
+        srv = echo_server(pod, proto="tcp", port=0)  # not closed by the test
+        seen = {"ns": [n.name for n in t.namespaces()], "pid": srv.pid, "tmp": t.tmpdir}
+        raise RuntimeError("boom")
     assert not set(seen["ns"]) & set(list_namespaces())
     assert gone(seen["pid"])
     assert not os.path.exists(seen["tmp"])

@@ -82,7 +82,7 @@ def test_invalid_container_ids_and_ifnames_are_code_4_and_change_nothing(node):
     before = node.ruleset()
     conf = netconf([port_mapping(8080, 80)], PREV)
     for command in ("ADD", "DEL", "CHECK"):
-        for cid, msg in BAD_IDS + [("", "required env variables [CNI_CONTAINERID] missing")]:
+        for cid, msg in [*BAD_IDS, ("", "required env variables [CNI_CONTAINERID] missing")]:
             err = rejected(node, command, conf, 4, cid=cid)
             assert err["msg"] == msg, (command, cid[:20], err)
             if cid and "too long" not in msg:

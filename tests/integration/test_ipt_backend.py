@@ -379,7 +379,7 @@ add rule {F} cni_hostport masquerading {X} saddr {cip} {X} daddr {cip} masquerad
 
 def nft_rules(ns: Netns) -> list[str]:
     out = ns.run("nft", "list", "ruleset").stdout
-    return [ln.strip() for ln in out.splitlines() if "comment" in ln and "dnat" in ln or "masquerade" in ln]
+    return [ln.strip() for ln in out.splitlines() if ("comment" in ln and "dnat" in ln) or "masquerade" in ln]
 
 
 def test_migration_cleans_one_container(ns):
@@ -474,7 +474,7 @@ def test_concurrent_adds_with_upstream_plugin(ns):
     def ours(i):
         try:
             ns.call(lambda: IptBackend().forward(make([pm(10000 + i, 80)], {4: f"10.22.1.{i}/16"}, cid=f"o{i}")))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errs.append(e)
 
     def theirs(i):

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,8 +43,8 @@ X = Attachment("killx" + "0" * 59, "eth0", NET, "10.244.0.2", "fd00:244::2",
 # K takes 8080 over from X and brings 250 more mappings: >200 elements per set, so the
 # transaction is several messages per set (ELEMS_PER_MSG) and still must be atomic.
 K = Attachment("killk" + "0" * 59, "eth0", NET, "10.244.0.3", "fd00:244::3",
-               (PM(8080, 8080, "tcp"), PM(9090, 90, "tcp", "10.99.0.1"), PM(9091, 91, "udp"))
-               + tuple(PM(30000 + i, 1000 + i, "tcp") for i in range(250)))
+               (PM(8080, 8080, "tcp"), PM(9090, 90, "tcp", "10.99.0.1"), PM(9091, 91, "udp"),
+                *(PM(30000 + i, 1000 + i, "tcp") for i in range(250))))
 
 
 def snapshot(node) -> tuple:
@@ -136,10 +137,7 @@ def test_sigkill_at_random_points_of_add_del_and_gc(node):
     outcomes = []
     try:
         for i in range(30):
-            if K.tag in model.added:
-                op = rng.choice((del_k, gc_k))
-            else:
-                op = add_k
+            op = rng.choice((del_k, gc_k)) if K.tag in model.added else add_k
             mode = ("random", "locked", "committed")[i % 3]
             before = snapshot(node)
             p = spawn(node, op)
@@ -203,8 +201,8 @@ def _start_daemon(node, sock: str, log: str, delay: float) -> subprocess.Popen:
         d = node.host.popen(sys.executable, "-m", "nlportmap", "daemon", "--socket", sock, "--verbose",
                             env={"NLPORTMAP_DAEMON_TEST_DELAY": str(delay)}, stdout=f, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while "listening on" not in open(log).read():
-        assert d.poll() is None and time.monotonic() < deadline, open(log).read()
+    while "listening on" not in Path(log).read_text():
+        assert d.poll() is None and time.monotonic() < deadline, Path(log).read_text()
         time.sleep(0.02)
     return d
 
@@ -252,7 +250,7 @@ def test_daemon_sigkilled_at_random_points_mid_request(node):
         assert rc == 0, (out, err)
         model.apply(op)
         assert normalise(node.elements()) == model.elements()
-        assert f"done {op.kind}" in open(log).read()
+        assert f"done {op.kind}" in Path(log).read_text()
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGKILL)

@@ -120,7 +120,7 @@ def _drain(sock: socket.socket, wait: float) -> list[bytes]:
         sock.settimeout(left)
         try:
             got.append(sock.recv(2048))
-        except socket.timeout:
+        except TimeoutError:
             return got
 
 

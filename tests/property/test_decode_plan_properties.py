@@ -131,7 +131,7 @@ def check_protocol(command: str, rc: int, out: str, err: str, backend: FakeBacke
 env_values = st.sampled_from(["", "c1", "eth0", "/run/netns/nlpm-prop-none", "1", "dummy", "a/b", "-x",
                               "x" * 201, "eth0:1"]) | st.text(max_size=20).filter(lambda s: "\0" not in s)
 environments = st.fixed_dictionaries({}, optional={
-    "CNI_COMMAND": st.sampled_from(COMMANDS + ("VERSION", "FOO", "add")),
+    "CNI_COMMAND": st.sampled_from((*COMMANDS, "VERSION", "FOO", "add")),
     "CNI_CONTAINERID": env_values, "CNI_NETNS": env_values, "CNI_IFNAME": env_values,
     "CNI_ARGS": env_values, "CNI_PATH": env_values, "CNI_NETNS_OVERRIDE": env_values})
 

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         print("tests.soak: needs root (it creates network namespaces)", file=sys.stderr)
         return 2
 
-    from .churn import RESTORES_CLAIMS, run_churn  # noqa: E402  (sets up sys.path)
+    from .churn import RESTORES_CLAIMS, run_churn  # (after sys.path is set up above)
     from netns_fixtures import Topology, cleanup_stale
     from nlpm_helpers import EXE, Node
 

@@ -268,7 +268,7 @@ class Model:
         self.owner: dict[tuple, str] = {}          # key -> tag
         self.added: set[str] = set()               # tags whose ADD succeeded and that were not removed since
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         m = Model.__new__(Model)
         m.atts = self.atts
         m.claims = {k: list(v) for k, v in self.claims.items()}
@@ -434,7 +434,7 @@ class GenMonitor:
         while not self._stop.is_set():
             try:
                 buf = self.sock.recv(1 << 20)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as e:
                 if e.errno == 105:  # ENOBUFS
@@ -755,13 +755,13 @@ class Churn:
                     if op.att is not None:
                         with self.lock:
                             self.busy.discard(op.att.cid)
-        except BaseException as e:  # noqa: BLE001 - reported by run()
+        except BaseException as e:  # reported by run()
             self.errors.append(e)
 
     def _foreign(self, stop: threading.Event) -> None:
         try:
             foreign_committer(self.ns_path, self.foreign_interval, stop, self.report)
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             self.errors.append(e)
 
     def run(self, ops: int) -> Report:

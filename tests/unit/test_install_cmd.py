@@ -83,7 +83,7 @@ def test_a_foreign_file_is_refused_byte_for_byte_then_replaced_with_force(bindir
     path.write_bytes(b"\x7fELF upstream portmap")
     os.chmod(path, 0o750)
     before = snapshot(path)
-    with pytest.raises(L.InstallError, match="not touching it .--force"):
+    with pytest.raises(L.InstallError, match=r"not touching it .--force"):
         install(bindir, dpkg)
     assert snapshot(path) == before
     action, _, _ = install(bindir, dpkg, force=True)
@@ -161,7 +161,10 @@ def test_package_owner_reads_dpkg_lists_with_merged_usr_aliases(tmp_path):
     (info / "containernetworking-plugins.list").write_text("/.\n/usr\n/usr/lib/cni\n/usr/lib/cni/portmap\n")
     (info / "libfoo:amd64.list").write_text("/.\n/lib/x86_64-linux-gnu/libfoo.so.1\n")
     (info / "other.md5sums").write_text("/opt/cni/bin/portmap\n")
-    o = lambda p: L.package_owner(p, info_dir=str(info))
+
+    def o(p: str) -> str | None:
+        return L.package_owner(p, info_dir=str(info))
+
     assert o("/usr/lib/cni/portmap") == "containernetworking-plugins"
     assert o("/lib/cni/portmap") == "containernetworking-plugins"       # /lib -> /usr/lib
     assert o("/usr/lib/cni/portmap/") == "containernetworking-plugins"

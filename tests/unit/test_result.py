@@ -39,7 +39,7 @@ def test_every_version_decodes_echoes_and_selects(version):
     prev = shape_for(version)
     echo = decode_prev_result(prev, version)
     assert echo == prev  # nothing dropped, version already right
-    assert list(echo)[0] == "cniVersion"
+    assert next(iter(echo)) == "cniVersion"
     assert container_ips(echo, "eth0") == {4: "10.22.0.5/16", 6: "fd00::5/64"}
 
 
@@ -78,7 +78,7 @@ def test_family_mismatch_has_upstream_text(conf, prev, supported):
 def test_version_key_matching_is_case_insensitive_and_lowercase_wins():
     # Go marshals the map sorted: "CNIVersion" < "cniVersion", the latter is decoded last
     prev = {"CNIVersion": "1.0.0", "cniVersion": "0.4.0", "ips": []}
-    with pytest.raises(DecodeFailure, match='unmarshalled CNIVersion is "0.4.0"'):
+    with pytest.raises(DecodeFailure, match=r'unmarshalled CNIVersion is "0\.4\.0"'):
         decode_prev_result(prev, "1.0.0")
     echo = decode_prev_result({"CNIVERSION": "1.0.0", "ips": []}, "1.1.0")
     assert echo == {"cniVersion": "1.1.0", "ips": []}

@@ -416,7 +416,7 @@ def test_parse_version_and_validators():
     with pytest.raises(InvalidConfig):
         skel.validate_network_name("-x")
     skel.validate_container_id("a" * 200)
-    assert skel.SUPPORTED_VERSIONS == tuple(SUPPORTED)
+    assert tuple(SUPPORTED) == skel.SUPPORTED_VERSIONS
 
 
 # --- fuzz -------------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ mappings = st.fixed_dictionaries({"hostPort": st.integers(-2, 70000) | junk,
 configs = st.builds(
     lambda v, name, prev, rc, extra: json.dumps(
         {"cniVersion": v, "name": name, "prevResult": prev, "runtimeConfig": rc, **extra}).encode(),
-    st.sampled_from(SUPPORTED + ["", "9.9", "x"]),
+    st.sampled_from([*SUPPORTED, "", "9.9", "x"]),
     st.sampled_from(["mynet", "", "bad name"]),
     prev_results,
     st.fixed_dictionaries({"portMappings": st.lists(mappings, max_size=3)}) | junk,

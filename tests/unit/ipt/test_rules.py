@@ -485,3 +485,12 @@ def test_undo_of_a_readd_restores_the_previous_rules_at_their_positions():
     assert R.undo_lines(cc, before, now) == [
         f"-D {R.DNAT_CHAIN} {new_entry}", f":{dn} - [0:0]", f"-A {dn} {old_rule}",
         f"-I {R.DNAT_CHAIN} 2 {old_entry}"]
+
+
+def test_undo_shared_lines_keeps_a_chain_someone_else_jumps_to():
+    # a shared chain this ADD created but another rule (not removed) now jumps to stays;
+    # one nothing refers to any more goes (was a NameError: undefined keep_referenced)
+    before = R.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")
+    now = R.parse_save("*nat\n:PREROUTING ACCEPT [0:0]\n:FOO - [0:0]\n:BAR - [0:0]\n-A BAR -j FOO\nCOMMIT\n")
+    assert R.undo_shared_lines(before, now, ["FOO"], []) == []
+    assert R.undo_shared_lines(before, now, ["FOO"], [], gone=[("BAR", "-j FOO")]) == [":FOO - [0:0]", "-X FOO"]
