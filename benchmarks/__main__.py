@@ -468,7 +468,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python3 -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="sizes 0,1000 (unless --sizes), fewer samples and probes (a few minutes on 2 cores)")
+                   help="sizes 0,1000 (unless --sizes), fewer samples and probes (under a minute on 2 cores)")
     p.add_argument("--sizes", default=None, help="existing containers per node (comma list; default "
                                                  "0,1000,10000, quick 0,1000)")
     p.add_argument("--samples", type=int, default=None,
