@@ -8,8 +8,11 @@ the node with existing containers' mappings (real kernel state, in large batches
 Reads one JSON job on stdin, writes one JSON result on stdout.  Jobs:
 
 ``{"op": "fill", "impl": "nlportmap"|"iptables"|"nftables", "n": N}``
-``{"op": "cycle", "exe": P, "env": {...}, "samples": K, "first": i, "backend": b}``
-    K times: ADD, CHECK, DEL of a new container -> per-op wall times and RSS.
+``{"op": "cycle", "exe": P, "env": {...}, "samples": K, "first": i, "backend": b, "ops": [...]}``
+    K times, each a separate exec: VERSION (as a runtime's first call), ADD, CHECK, DEL of a
+    new container, then containerd's second DEL (``DEL-nostate``: ``CNI_NETNS`` empty, no
+    ``prevResult``, same ``runtimeConfig``) -> per-op wall times and exit statuses; one
+    more cycle under /usr/bin/time for each op's peak RSS.
 ``{"op": "exec", "exe": P, "env": {...}, "command": C, "index": i, "ip": A, "port": p}``
 ``{"op": "concurrent", "exe": P, "env": {...}, "n": N, "first": i}``
     N ADDs started at once (threads), then their DELs at once.
@@ -42,8 +45,14 @@ def sample_ip(i: int) -> str:
     return f"10.244.{1 + (i // 250) % 250}.{i % 250 + 1}"
 
 
-def conf(index: int, ip: str, port: int, backend: str | None = None) -> bytes:
-    """The portmap entry of a bridge+host-local+portmap conflist as libcni hands it over."""
+OPS = ("VERSION", "ADD", "CHECK", "DEL", "DEL-nostate")
+VERSION_STDIN = b'{"cniVersion":"1.0.0"}'
+
+
+def conf(index: int, ip: str, port: int, backend: str | None = None, prev: bool = True) -> bytes:
+    """The portmap entry of a bridge+host-local+portmap conflist as libcni hands it over.
+    ``prev=False``: containerd's second DEL (RemovePodSandbox) -- the cached result is gone,
+    so no ``prevResult``; everything else, ``runtimeConfig`` included, is the same."""
     c = {
         "capabilities": {"portMappings": True},
         "cniVersion": "1.0.0",
@@ -62,6 +71,8 @@ def conf(index: int, ip: str, port: int, backend: str | None = None) -> bytes:
     }
     if backend:
         c["backend"] = backend
+    if not prev:
+        del c["prevResult"]
     return json.dumps(c, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -98,6 +109,12 @@ def spawn(exe: str, env: dict, stdin: bytes, argv: list[str] | None = None) -> d
 
 
 def plugin_env(base: dict, command: str, index: int) -> dict:
+    if command == "VERSION":  # as Podman sends it (runtimes.md): literal "dummy"s, no container ID
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **base,
+                "CNI_COMMAND": "VERSION", "CNI_CONTAINERID": "", "CNI_NETNS": "dummy",
+                "CNI_IFNAME": "dummy", "CNI_PATH": "dummy"}
+    if command == "DEL-nostate":  # containerd's RemovePodSandbox DEL: same ID, CNI_NETNS empty
+        return {**plugin_env(base, "DEL", index), "CNI_NETNS": ""}
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **base,
            "CNI_COMMAND": command, "CNI_CONTAINERID": cid(index), "CNI_IFNAME": "eth0",
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME=bench-{index}", "CNI_PATH": "/usr/lib/cni"}
@@ -113,7 +130,8 @@ def run_op(job: dict, command: str, index: int, ip: str, port: int, rss: bool = 
     peak RSS: wait4() after a spawn from this (Python, ~18 MiB) process would report the
     parent's high-water mark, which exec() carries over into the child's ru_maxrss."""
     env = plugin_env(job.get("env", {}), command, index)
-    stdin = conf(index, ip, port, job.get("backend"))
+    stdin = VERSION_STDIN if command == "VERSION" else \
+        conf(index, ip, port, job.get("backend"), prev=command != "DEL-nostate")
     if rss:
         if not os.access(TIME, os.X_OK):
             return {"rc": 0, "rss_kib": None}
@@ -134,25 +152,28 @@ def run_op(job: dict, command: str, index: int, ip: str, port: int, rss: bool = 
 
 
 def job_cycle(job: dict) -> dict:
-    out: dict = {"ADD": [], "CHECK": [], "DEL": [], "BASE": [], "failures": [], "rss_kib": {}}
+    """Per op a list of [wall seconds, exit status]; failures = every non-zero exit."""
+    ops = job.get("ops") or OPS
+    out: dict = {**{c: [] for c in ops}, "BASE": [], "failures": [], "rss_kib": {}}
     first = job.get("first", 1_000_000)
     base = job.get("baseline_argv")  # a bare interpreter start right before each ADD (same load)
     deadline = time.monotonic() + job.get("max_seconds", 300)
     for k in range(job["samples"]):
-        if time.monotonic() > deadline:
+        if k >= job.get("min_samples", 3) and time.monotonic() > deadline:
             out["truncated"] = k
             break
         i = first + k
         ip, port = sample_ip(i), 30000 + (i % 30000)
-        if base:
-            out["BASE"].append([spawn(base[0], {"PATH": "/usr/bin:/bin"}, b"", base)["wall"], None])
-        for command in ("ADD", "CHECK", "DEL"):
+        for command in ops:
+            if base and command == "ADD":
+                out["BASE"].append([spawn(base[0], {"PATH": "/usr/bin:/bin"}, b"", base)["wall"], 0])
             r = run_op(job, command, i, ip, port)
-            out[command].append([r["wall"], r["rss_kib"]])
+            out[command].append([r["wall"], r["rc"]])
             if r["rc"] != 0:
-                out["failures"].append({"command": command, "index": i, "error": r.get("error", "")})
+                out["failures"].append({"command": command, "index": i, "rc": r["rc"],
+                                        "error": r.get("error", "")})
     i = first + job["samples"]  # one more cycle, under /usr/bin/time, for peak RSS
-    for command in ("ADD", "CHECK", "DEL"):
+    for command in ops:
         out["rss_kib"][command] = run_op(job, command, i, sample_ip(i), 30000 + (i % 30000), rss=True)["rss_kib"]
     return out
 
@@ -201,7 +222,6 @@ def job_baseline(job: dict) -> dict:
 def fill_nlportmap(n: int) -> dict:
     """n containers' elements through nlportmap's own plan and layout code, in large batches."""
     from nlportmap.config import parse_config
-    from nlportmap.nft import netlink as N
     from nlportmap.nft.backend import NftBackend
     from nlportmap.plan import Owner, make_plan
     from nlportmap.result import container_ips, decode_prev_result

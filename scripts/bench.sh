@@ -2,10 +2,13 @@
 # The benchmark command (README, docs/performance.md): set up, add matplotlib (the
 # optional 'bench' dependency group) to the venv (.venv) and /usr/bin/time, then run the
 # harness as root with the venv's interpreter.
-#   bash scripts/bench.sh            # full run (about 10 minutes on 2 cores)
-#   bash scripts/bench.sh --quick    # fewer samples (about 4 minutes)
-# Extra arguments go to `.venv/bin/python -m benchmarks` (see --help), e.g.
-#   --plugin upstream-nft=/path/to/newer/portmap,nftables
+#   bash scripts/bench.sh            # full run: sizes 0,1000,10000 (about 3-5 minutes on 2 cores)
+#   bash scripts/bench.sh --quick    # sizes 0,1000, fewer samples (under a minute)
+# Configurations: nlportmap-cold (the launcher `nlportmap install` writes, no daemon),
+# nlportmap-daemon, upstream-nft (../shared/upstream-portmap/portmap, "backend": "nftables")
+# and upstream-iptables (Debian's /usr/lib/cni/portmap).  Extra arguments go to
+# `.venv/bin/python -m benchmarks` (see --help), e.g.
+#   --upstream-nft /path/to/portmap   --only nlportmap-cold,upstream-nft   --sizes 0,1000
 # Results: benchmarks/results/{results.md,results.json,*.png}
 set -euo pipefail
 cd "$(dirname "$0")/.."
