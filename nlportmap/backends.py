@@ -15,15 +15,11 @@ the same seam: ``forward(plan, policy)``, ``check(plan)``, ``unforward(plan)``,
 """
 from __future__ import annotations
 
-import os
-import sys
-
 from .errors import InternalError, NotAvailable
 
 
-def _log(msg: str) -> None:
-    if os.environ.get("NLPORTMAP_DEBUG"):
-        sys.stderr.write(f"nlportmap: {msg}\n")
+def _quiet(msg: str) -> None:
+    pass
 
 
 def _iptables_specific(conf) -> bool:
@@ -65,30 +61,32 @@ def _nft_probe(sock=None):
         return f"nf_tables not reachable over netlink: {e}", None
 
 
-def choose(conf, probe=None, sock=None) -> tuple[str, object | None]:
+def choose(conf, probe=None, sock=None, log=None) -> tuple[str, object | None]:
     """(backend name, an already probed backend or None) for ``conf``.
 
+    ``log``: called with one line naming the choice and why (NLPORTMAP_DEBUG), or None.
     ``probe``: callable returning ``(reason | None, backend | None)``
     (default :func:`_nft_probe`; the daemon passes a memoized one).
     """
+    say = log or _quiet
     if conf.backend:
-        _log(f"backend {conf.backend} (explicit in config)")
+        say(f"backend {conf.backend} (explicit in config)")
         return conf.backend, None
     if _iptables_specific(conf):
-        _log("backend iptables (config has iptables-only options)")
+        say("backend iptables (config has iptables-only options)")
         return "iptables", None
     reason, backend = probe() if probe else _nft_probe(sock)
     if reason is None:
-        _log("backend nftables (nf_tables answers over netlink)")
+        say("backend nftables (nf_tables answers over netlink)")
         return "nftables", backend
-    _log(f"backend iptables ({reason})")
+    say(f"backend iptables ({reason})")
     return "iptables", None
 
 
-def select_backend(conf, probe=None, sock=None):
+def select_backend(conf, probe=None, sock=None, log=None):
     """Instantiate the backend for ``conf``; checks the option/backend conflict.
     ``sock``: an open NETLINK_NETFILTER socket for the nftables backend to use."""
-    name, backend = choose(conf, probe, sock)
+    name, backend = choose(conf, probe, sock, log)
     from .netconf import check_backend_conflict
     check_backend_conflict(conf, name)
     return backend if backend is not None else make_backend(name)

@@ -8,15 +8,10 @@ to stderr as one JSON line when ``NLPORTMAP_DEBUG`` is set.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 from .errors import InternalError
-
-
-def _debug() -> bool:
-    return bool(os.environ.get("NLPORTMAP_DEBUG"))
 
 
 class Plugin:
@@ -27,6 +22,8 @@ class Plugin:
         #: an exec'd process (no event loop of its own): side effects run one after another
         self._cold = cold
         self._sock = None
+        #: the request's NLPORTMAP_* settings (Request.settings), set by each handler
+        self._settings: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self.last_plan = None
         #: perf_counter() when main() started: the time until a handler runs is "decode"
@@ -34,7 +31,8 @@ class Plugin:
         #: wall clock (s) of that moment: GC spares elements created after it
         self._wall0 = time.time() - (time.perf_counter() - t0 if t0 is not None else 0.0)
 
-    def _begin(self) -> float:
+    def _begin(self, req) -> float:
+        self._settings = dict(getattr(req, "settings", None) or {})
         t = time.perf_counter()
         if self._t0 is not None:
             self.timings["decode"] = t - self._t0
@@ -46,11 +44,17 @@ class Plugin:
         self.timings[name] = self.timings.get(name, 0.0) + (t - t0)
         return t
 
+    def _debug(self) -> bool:
+        return bool(self._settings.get("NLPORTMAP_DEBUG"))
+
+    def _log(self, msg: str) -> None:
+        sys.stderr.write(f"nlportmap: {msg}\n")
+
     def backend_for(self, conf):
         if self._backend is not None:
             return self._backend
         from .backends import select_backend
-        self._backend = select_backend(conf, sock=self._sock)
+        self._backend = select_backend(conf, sock=self._sock, log=self._log if self._debug() else None)
         return self._backend
 
     def _plan(self, req, prev: dict | None):
@@ -71,13 +75,13 @@ class Plugin:
         return conf.echo_result()  # decoded and validated once, at parse time
 
     def _report(self, command: str) -> None:
-        path = os.environ.get("NLPORTMAP_TIMINGS_FILE")
-        if not (path or _debug()):
+        path = self._settings.get("NLPORTMAP_TIMINGS_FILE")
+        if not (path or self._debug()):
             return
-        import json
-        line = json.dumps({"nlportmap": command, "timings_ms": {
-            k: round(v * 1000, 3) for k, v in self.timings.items()}}) + "\n"
-        if _debug():
+        from .jsonio import dumps
+        line = dumps({"nlportmap": command, "timings_ms": {
+            k: round(v * 1000, 3) for k, v in self.timings.items()}}, separators=(", ", ": ")) + "\n"
+        if self._debug():
             sys.stderr.write(line)
         if path:
             with open(path, "a") as f:
@@ -86,7 +90,7 @@ class Plugin:
     # ------------------------------------------------------------ commands
     def add(self, req) -> dict:
         """ADD: install the mappings, then side effects; returns prevResult to echo."""
-        t = self._begin()
+        t = self._begin(req)
         prev = self._prev(req, "must be called as chained plugin")
         plan = self._plan(req, prev)
         t = self._lap("plan", t)
@@ -144,7 +148,7 @@ class Plugin:
 
     def delete(self, req) -> None:
         """DEL: remove what this attachment owns.  Never fails for missing state."""
-        t = self._begin()
+        t = self._begin(req)
         try:
             prev = self._prev(req, None)
         except Exception:  # a broken cached result must not block teardown
@@ -161,7 +165,8 @@ class Plugin:
         t = self._lap("transaction", t)
         if getattr(backend, "name", "") != "nftables":
             self._cleanup_nftables(plan)
-        self._cleanup_upstream(plan, backend)
+        if self._settings.get("NLPORTMAP_UPSTREAM_CLEANUP", "1") != "0":
+            self._cleanup_upstream(plan, backend)
         self._lap("upstream_cleanup", t)
         self._report("DEL")
 
@@ -210,8 +215,6 @@ class Plugin:
         (:func:`nlportmap.migrate.cleanup_upstream`).  Guarded: a failure is
         reported on stderr and never fails DEL (a failing DEL wedges teardown).
         ``NLPORTMAP_UPSTREAM_CLEANUP=0`` turns it off."""
-        if os.environ.get("NLPORTMAP_UPSTREAM_CLEANUP", "1") == "0":
-            return
         try:
             from .migrate import cleanup_upstream
             name = getattr(backend, "name", "")
@@ -222,6 +225,7 @@ class Plugin:
 
     def check(self, req) -> None:
         """CHECK: every element of the plan is present and owned by this attachment."""
+        self._begin(req)
         prev = self._prev(req, "Required prevResult missing")
         plan = self._plan(req, prev)
         if plan.forwards:

@@ -286,6 +286,11 @@ def plugin_main(t0: float | None = None) -> int:
     if b"imports" in flags:
         _reexec_importtime()
     command = _env(b"CNI_COMMAND")
+    if command == b"VERSION":  # constant: no stdin, no environment checks, no daemon (skel agrees)
+        from .versions import version_output
+        _write_all(1, version_output().encode())
+        _note(command, "shim", "", t0)
+        return 0
     stdin = b""
     stdin_err = False
     if command != b"VERSION":  # VERSION never reads stdin (runtimes may leave it open)

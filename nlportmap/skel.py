@@ -63,6 +63,7 @@ from . import __version__, jsonio
 from .errors import (CNIError, DecodeFailure, IncompatibleVersion, InternalError,
                      InvalidConfig, InvalidEnvironment, InvalidNetns, IOFailure, error_json)
 from .gojson import ci_get, json_type
+from .versions import CURRENT_VERSION, SUPPORTED_VERSIONS, version_output
 
 # 'typing' costs ~2 ms of a cold start: annotations only (mypy treats this name as True)
 TYPE_CHECKING = False
@@ -80,10 +81,6 @@ __all__ = [
     "validate_network_name", "config_version", "parse_version", "version_output",
 ]
 
-#: CNI versions we accept, in upstream's order (reference §1.4, ``version.All``).
-SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-#: What VERSION reports as ``cniVersion`` (upstream always reports the current spec version).
-CURRENT_VERSION = "1.1.0"
 #: Commands dispatched to handlers (plus ``VERSION``); CNI spec 1.1.0 "Parameters".
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
 #: Longest accepted ``CNI_CONTAINERID`` (characters); 200 + "/" + 15-byte ifname fits the
@@ -117,10 +114,11 @@ class Request:
     """
 
     __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "stdin", "conf",
-                 "netns_override")
+                 "netns_override", "settings")
 
     def __init__(self, *, command: str, container_id: str, netns: str, ifname: str, args: str, path: str,
-                 stdin: bytes, conf: NetConf | None, netns_override: bool) -> None:
+                 stdin: bytes, conf: NetConf | None, netns_override: bool,
+                 settings: Mapping[str, str] | None = None) -> None:
         self.command = command
         self.container_id = container_id
         self.netns = netns
@@ -130,6 +128,9 @@ class Request:
         self.stdin = stdin
         self.conf = conf
         self.netns_override = netns_override
+        #: the request's ``NLPORTMAP_*`` variables (our settings travel with the request,
+        #: so a daemon serves callers whose settings differ from its own)
+        self.settings: Mapping[str, str] = settings if settings is not None else {}
 
 
 class Handlers(Protocol):
@@ -275,11 +276,6 @@ def _require_at_least(version: str, minimum: str, command: str) -> None:
     if not any(parse_version(v) >= have for v in SUPPORTED_VERSIONS):
         raise IncompatibleVersion(f"plugin version does not allow {command}")
     _require_supported(version)
-
-
-def version_output() -> str:
-    """The VERSION answer (reference §1.4): compact JSON plus a newline."""
-    return jsonio.dumps({"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}) + "\n"
 
 
 # --- netns ---------------------------------------------------------------------------
@@ -439,7 +435,8 @@ def _run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Te
     req = Request(command=command, container_id=values["CNI_CONTAINERID"],
                   netns=values["CNI_NETNS"], ifname=values["CNI_IFNAME"],
                   args=values["CNI_ARGS"], path=values["CNI_PATH"], stdin=bytes(data),
-                  conf=conf, netns_override=netns_override)
+                  conf=conf, netns_override=netns_override,
+                  settings={k: v for k, v in environ.items() if k.startswith("NLPORTMAP_")})
     if command == "ADD":
         result: Any = handlers.add(req)
         if not isinstance(result, dict):
