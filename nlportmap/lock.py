@@ -41,8 +41,15 @@ TYPE_CHECKING = False  # annotations only: 'typing' costs ~2 ms of a cold start
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_DIR", "lock_path", "netns_lock", "require_lock", "set_guard", "LockDirError",
-           "LockUnavailable"]
+__all__ = [
+    "DEFAULT_DIR",
+    "LockDirError",
+    "LockUnavailable",
+    "lock_path",
+    "netns_lock",
+    "require_lock",
+    "set_guard",
+]
 
 DEFAULT_DIR = "/run/nlportmap"
 #: cannot create the lock file: nobody can hold it, so writes are refused (see module doc)

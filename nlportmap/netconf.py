@@ -25,13 +25,46 @@ from .errors import CNIError, InvalidConfig
 
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any
+    from collections.abc import Sequence
+    from typing import Any, Protocol
+
+    from .conditions import Match
+
+    class MappingLike(Protocol):
+        """One decoded port mapping (config.PortMapping or FastMapping)."""
+
+        hostPort: int
+        containerPort: int
+        protocol: str
+        hostIP: str | None
+
+    class RuntimeConfigLike(Protocol):
+        @property
+        def portMappings(self) -> Sequence[MappingLike]: ...
 
 __all__ = [
-    "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "IFNAME_MAX", "ifname_problem", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "LISTENER_POLICIES", "PORT_MIN",
-    "PORT_MAX", "VALID_ATTACHMENTS", "LEGACY_ATTACHMENTS", "TOP_KEYS", "MAPPING_KEYS",
-    "ConfMixin", "FastConf", "decode_fast", "condition_style", "backend_specific_options",
-    "check_backend_conflict", "conflict_error", "command_prefix",
+    "BACKENDS",
+    "CONFLICT_POLICIES",
+    "DEFAULT_MARK_BIT",
+    "DEFAULT_SERVICE_PROXY_INTERFACES",
+    "IFNAME_MAX",
+    "LEGACY_ATTACHMENTS",
+    "LISTENER_POLICIES",
+    "MAPPING_KEYS",
+    "PORT_MAX",
+    "PORT_MIN",
+    "PROTOCOLS",
+    "TOP_KEYS",
+    "VALID_ATTACHMENTS",
+    "ConfMixin",
+    "FastConf",
+    "backend_specific_options",
+    "check_backend_conflict",
+    "command_prefix",
+    "condition_style",
+    "conflict_error",
+    "decode_fast",
+    "ifname_problem",
 ]
 
 #: Default masquerade mark bit (upstream ``DefaultMarkBit``; Kubernetes uses 14/15, Calico 20-31).
@@ -83,7 +116,7 @@ def condition_style(tokens: list[str] | None) -> str | None:
     return "iptables" if tokens[0][0] in "-!" else "nftables"
 
 
-def parse_family_conditions(tokens: list[str] | None, family: int) -> tuple:
+def parse_family_conditions(tokens: list[str] | None, family: int) -> tuple[Match, ...]:
     """nftables-style conditions -> parsed matches; ``()`` for none or iptables-style."""
     if not tokens or condition_style(tokens) == "iptables":
         return ()
@@ -101,6 +134,14 @@ class ConfMixin:
     __slots__ = ()
 
     if TYPE_CHECKING:
+        name: str
+        type: str
+        backend: str | None
+        snat: bool
+        masqAll: bool
+        hostPortListeners: str | None
+        runtimeListenerProcesses: list[str] | None
+        runtimeConfig: RuntimeConfigLike
         markMasqBit: int | None
         conflictPolicy: str | None
         serviceProxyInterfaces: list[str] | None
@@ -138,7 +179,7 @@ class ConfMixin:
         """Problems that were tolerated (DEL only, see nlportmap.config); one line each."""
         return tuple(self.__dict__.get("_warnings", ()))
 
-    def parsed_conditions(self, family: int) -> tuple:
+    def parsed_conditions(self, family: int) -> tuple[Match, ...]:
         """``conditionsV4`` (``family=4``) or ``conditionsV6`` (6) as parsed matches.
 
         ``()`` for an absent/empty list and for an iptables-style list (first
@@ -153,10 +194,10 @@ class ConfMixin:
                     self.conditionsV4 if family == 4 else self.conditionsV6, family)
             except InvalidConfig as err:
                 cache[family] = err
-        found = cache[family]
+        found: tuple[Match, ...] | CNIError = cache[family]
         if isinstance(found, CNIError):
             raise found
-        return found  # type: ignore[no-any-return]
+        return found
 
     def echo_result(self) -> dict[str, Any] | None:
         """The prevResult to print on ADD (``None`` without prevResult): the received
@@ -169,7 +210,7 @@ class ConfMixin:
             from .result import decode_prev_result
             echo = decode_prev_result(self.prevResult, self.cniVersion)
             self.__dict__["_echo"] = echo
-        return echo  # type: ignore[no-any-return]
+        return echo
 
     def container_ips(self, ifname: str) -> dict[int, str | None]:
         """``{4: cidr | None, 6: cidr | None}`` chosen from prevResult for ``ifname`` (reference §2.7)."""
@@ -241,7 +282,7 @@ def check_backend_conflict(conf: Any, chosen: str) -> None:
 class FastMapping:
     """One port mapping as :func:`decode_fast` produces it (fields of config.PortMapping)."""
 
-    __slots__ = ("hostPort", "containerPort", "protocol", "hostIP")
+    __slots__ = ("containerPort", "hostIP", "hostPort", "protocol")
 
     def __init__(self, hostPort: int, containerPort: int, protocol: str, hostIP: str | None) -> None:
         self.hostPort = hostPort
@@ -262,10 +303,26 @@ class FastConf(ConfMixin):
     that requests use (``ipam``/``dns``/``capabilities``/``valid_attachments`` are checked
     for shape but GC and STATUS, which need them, always take the msgspec path)."""
 
-    __slots__ = ("__dict__", "cniVersion", "name", "type", "backend", "snat", "masqAll", "markMasqBit",
-                 "externalSetMarkChain", "conditionsV4", "conditionsV6", "runtimeConfig", "prevResult",
-                 "conflictPolicy", "hostPortListeners", "runtimeListenerProcesses", "serviceProxyInterfaces",
-                 "valid_attachments")
+    __slots__ = (
+        "__dict__",
+        "backend",
+        "cniVersion",
+        "conditionsV4",
+        "conditionsV6",
+        "conflictPolicy",
+        "externalSetMarkChain",
+        "hostPortListeners",
+        "markMasqBit",
+        "masqAll",
+        "name",
+        "prevResult",
+        "runtimeConfig",
+        "runtimeListenerProcesses",
+        "serviceProxyInterfaces",
+        "snat",
+        "type",
+        "valid_attachments",
+    )
 
 
 class _Defer(Exception):
@@ -281,7 +338,7 @@ _TOP_FOLDED[_fold(LEGACY_ATTACHMENTS)] = LEGACY_ATTACHMENTS
 _MAP_FOLDED = {_fold(k): k for k in MAPPING_KEYS}
 
 
-def _canon(obj: dict, folded: dict[str, str]) -> dict:
+def _canon(obj: dict[str, Any], folded: dict[str, str]) -> dict[str, Any]:
     """gojson.canonical_keys: exact names first, else case-insensitive; nulls skipped; last wins."""
     exact = folded.values()
     out = {}
@@ -353,7 +410,7 @@ _SIMPLE = {"cniVersion": _str, "name": _str, "type": _str, "backend": _str, "sna
            "runtimeListenerProcesses": _str_list, "serviceProxyInterfaces": _str_list}
 
 
-def _decode(obj: dict, command: str) -> FastConf:
+def _decode(obj: dict[str, Any], command: str) -> FastConf:
     top = _canon(obj, _TOP_FOLDED)
     if LEGACY_ATTACHMENTS in top or VALID_ATTACHMENTS in top:
         raise _Defer  # GC input: not a cold-path request

@@ -238,10 +238,7 @@ class Plugin:
         from .backends import all_backends
         started_ms = int(self._wall0 * 1000)
         for b in all_backends(req.conf):
-            if getattr(b, "name", "") == "nftables":
-                b.gc(valid, req.conf.name, started_ms=started_ms)
-            else:
-                b.gc(valid, req.conf.name)
+            b.gc(valid, req.conf.name, started_ms=started_ms)
 
     def status(self, req) -> None:
         """STATUS (CNI 1.1): succeed iff the backend this config would use is usable."""

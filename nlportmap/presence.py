@@ -30,7 +30,7 @@ from .plan import Owner
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from .plan import Plan  # noqa: F811
+    from .plan import Plan
 
 __all__ = ["UPSTREAM_TABLE", "legacy_nat_present", "owns_nothing"]
 

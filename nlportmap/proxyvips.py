@@ -136,7 +136,7 @@ class _Conn:
         try:
             for opt in (NETLINK_GET_STRICT_CHK, NETLINK_EXT_ACK):
                 # without strict checking (kernels < 4.20) the dump is not filtered: address_of() filters
-                try:  # noqa: SIM105 (cold exec path: no contextlib import for this)
+                try:
                     s.setsockopt(SOL_NETLINK, opt, 1)
                 except OSError:
                     pass

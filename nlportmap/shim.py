@@ -71,8 +71,20 @@ import _socket
 
 from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
 
-__all__ = ["DEFAULT_SOCKET", "PROTOCOL_VERSION", "plugin_main", "launch", "exchange",
-           "encode_request", "netns_identity"]
+TYPE_CHECKING = False  # annotations only: the daemon path imports built-ins alone
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Mapping
+    from typing import BinaryIO
+
+__all__ = [
+    "DEFAULT_SOCKET",
+    "PROTOCOL_VERSION",
+    "encode_request",
+    "exchange",
+    "launch",
+    "netns_identity",
+    "plugin_main",
+]
 
 DEFAULT_DEADLINE = 0.5
 DEFAULT_TIMEOUT = 90.0
@@ -106,7 +118,7 @@ def socket_path() -> bytes | None:
     return p
 
 
-def encode_request(env: dict, stdin: bytes, netns: tuple[int, int] | None = None,
+def encode_request(env: "Mapping[bytes, bytes]", stdin: bytes, netns: tuple[int, int] | None = None,
                    pid: int | None = None) -> bytes:
     """The request frame for ``env`` (bytes -> bytes; only CNI_*/NLPORTMAP_* are sent)."""
     dev, ino = netns or netns_identity()
@@ -120,7 +132,7 @@ def encode_request(env: dict, stdin: bytes, netns: tuple[int, int] | None = None
     return MAGIC + bytes([PROTOCOL_VERSION]) + len(body).to_bytes(4, "big") + body
 
 
-def _recv_exact(s, n: int, deadline: float) -> bytes:
+def _recv_exact(s: _socket.socket, n: int, deadline: float) -> bytes:
     buf = bytearray()
     while len(buf) < n:
         left = deadline - time.monotonic()
@@ -134,7 +146,7 @@ def _recv_exact(s, n: int, deadline: float) -> bytes:
     return bytes(buf)
 
 
-def read_reply(s, deadline: float) -> tuple[bytes, bytes]:
+def read_reply(s: _socket.socket, deadline: float) -> tuple[bytes, bytes]:
     """One reply frame -> (kind, payload).  Raises TimeoutError, EOFError, OSError."""
     head = _recv_exact(s, 5, deadline)
     n = int.from_bytes(head[1:], "big")
@@ -143,7 +155,7 @@ def read_reply(s, deadline: float) -> tuple[bytes, bytes]:
     return head[:1], _recv_exact(s, n, deadline)
 
 
-def _untrusted(s, path) -> str | None:
+def _untrusted(s: _socket.socket, path: bytes | str) -> str | None:
     """Why the listener at ``path`` (connected socket ``s``) is not to be believed, or None.
 
     The request carries the container's whole config and the reply becomes our output, so
@@ -154,9 +166,9 @@ def _untrusted(s, path) -> str | None:
     uid = int.from_bytes(cred[4:8], sys.byteorder)
     if uid != 0:
         return f"daemon socket is served by uid {uid}, not root"
-    sep = b"/" if isinstance(path, bytes) else "/"
-    i = path.rfind(sep)
-    d = path[:i] if i > 0 else (sep if i == 0 else (b"." if isinstance(path, bytes) else "."))
+    p = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    i = p.rfind(b"/")
+    d = p[:i] if i > 0 else (b"/" if i == 0 else b".")
     try:
         st = _os.stat(d)
     except OSError as e:
@@ -166,7 +178,7 @@ def _untrusted(s, path) -> str | None:
     return None
 
 
-def exchange(path, frame: bytes, deadline: float = DEFAULT_DEADLINE,
+def exchange(path: bytes | str, frame: bytes, deadline: float = DEFAULT_DEADLINE,
              timeout: float = DEFAULT_TIMEOUT) -> tuple[int, bytes, bytes]:
     """Send one request frame to the daemon at ``path``; return (status, stdout, stderr).
 
@@ -227,7 +239,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _read_stdin() -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         b = _os.read(0, 1 << 16)
         if not b:
@@ -242,8 +254,8 @@ def _note(command: bytes, via: str, reason: str, t0: float) -> None:
         return
     reason = reason.replace("\\", "\\\\").replace('"', '\\"')
     cmd = command.decode("ascii", "replace").replace('"', "")
-    line = ('{"nlportmap_shim": "%s", "via": "%s", "reason": "%s", "shim_ms": %.3f}\n'
-            % (cmd, via, reason, (time.perf_counter() - t0) * 1000)).encode()
+    ms = (time.perf_counter() - t0) * 1000
+    line = f'{{"nlportmap_shim": "{cmd}", "via": "{via}", "reason": "{reason}", "shim_ms": {ms:.3f}}}\n'.encode()
     try:
         fd = _os.open(path, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT | _os.O_CLOEXEC, 0o644)
         try:
@@ -268,7 +280,7 @@ def _reexec_importtime() -> None:
     if sys.flags.no_site:
         argv.append("-S")
     if sys.argv and sys.argv[0].endswith("__main__.py"):
-        argv += ["-m", "nlportmap"] + sys.argv[1:]
+        argv += ["-m", "nlportmap", *sys.argv[1:]]
     else:
         argv += sys.argv
     try:
@@ -324,7 +336,7 @@ def plugin_main(t0: float | None = None) -> int:
     return status
 
 
-def _in_process(stdin: bytes, stream, t0: float) -> int:
+def _in_process(stdin: bytes, stream: "BinaryIO | None", t0: float) -> int:
     import io
     from .plugin import Plugin
     from .skel import run

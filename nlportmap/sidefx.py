@@ -31,12 +31,13 @@ import time
 import _socket as socket
 import posix
 
+from .nlmsg import collect
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Generator
-    from typing import Any
+    from collections.abc import Generator, Iterator
 
-from .nlmsg import collect
+    from .plan import Plan
 
 NETLINK_ROUTE, NETLINK_NETFILTER = 0, 12
 NFNL_SUBSYS_CTNETLINK = 1
@@ -121,7 +122,7 @@ def _ct_msg(mtype: int, flags: int, family: int, proto: int, port: int, seq: int
     return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | mtype, flags, seq, 0) + body
 
 
-def _walk(buf: bytes, off: int, end: int):
+def _walk(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
     while off + 4 <= end:
         ln, ty = struct.unpack_from("=HH", buf, off)
         if ln < 4:
@@ -137,7 +138,7 @@ def _orig_tuple(msg: bytes) -> tuple[bytes, int | None, int | None]:
             proto = port = None
             for t2, o2, l2 in _walk(msg, off + 4, off + ln):
                 if t2 == CTA_TUPLE_PROTO:
-                    for t3, o3, l3 in _walk(msg, o2 + 4, o2 + l2):
+                    for t3, o3, _ in _walk(msg, o2 + 4, o2 + l2):
                         if t3 == CTA_PROTO_NUM:
                             proto = msg[o3 + 4]
                         elif t3 == CTA_PROTO_DST_PORT:
@@ -150,10 +151,12 @@ def _orig_tuple(msg: bytes) -> tuple[bytes, int | None, int | None]:
 # ``(request bytes, seq)`` and receives the replies (or has the OSError thrown in);
 # :func:`_drive_sync` and :func:`_drive_async` run it on a blocking or an anyio socket.
 if TYPE_CHECKING:
-    Steps = Generator[tuple[bytes, int], list[bytes], Any]
+    from typing import TypeVar
+    T = TypeVar("T")
+    Steps = Generator[tuple[bytes, int], list[bytes], T]
 
 
-def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool) -> Steps:
+def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool) -> Steps[int]:
     pnum = PROTO_NUM[proto]
     seq = _seq()
     if not force_fallback:
@@ -187,7 +190,7 @@ def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool) -
     return n
 
 
-def _route_oif_steps(addr: str) -> Steps:
+def _route_oif_steps(addr: str) -> Steps[str | None]:
     fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
     dst = socket.inet_pton(fam, addr)
     seq = _seq()
@@ -211,7 +214,7 @@ def _route_oif_steps(addr: str) -> Steps:
     return None
 
 
-def _drive_sync(steps: Steps, s: socket.socket) -> Any:
+def _drive_sync(steps: Steps[T], s: socket.socket) -> T:
     try:
         req = next(steps)
         while True:
@@ -222,12 +225,13 @@ def _drive_sync(steps: Steps, s: socket.socket) -> Any:
                 continue
             req = steps.send(replies)
     except StopIteration as stop:
-        return stop.value
+        value: T = stop.value  # the generator's return value
+        return value
     finally:
         s.close()
 
 
-async def _drive_async(steps: Steps, s: socket.socket) -> Any:
+async def _drive_async(steps: Steps[T], s: socket.socket) -> T:
     try:
         req = next(steps)
         while True:
@@ -238,7 +242,8 @@ async def _drive_async(steps: Steps, s: socket.socket) -> Any:
                 continue
             req = steps.send(replies)
     except StopIteration as stop:
-        return stop.value
+        value: T = stop.value  # the generator's return value
+        return value
     finally:
         s.close()
 
@@ -307,7 +312,7 @@ def _ct_failed(fam: int, proto: str, port: int, e: Exception) -> None:
     log(f"failed to delete stale {proto.upper()} conntrack entries for ipv{fam} port {port}: {e}")
 
 
-def run_side_effects_sync(plan: Any) -> None:
+def run_side_effects_sync(plan: Plan) -> None:
     """All post-commit side effects of ``plan``, one after another (cold exec path).
 
     Same outcome and errors as :func:`run_side_effects`: raises
@@ -317,7 +322,7 @@ def run_side_effects_sync(plan: Any) -> None:
     for fam, proto, port in plan.conntrack_flush:
         try:
             delete_conntrack_sync(fam, proto, port)
-        except Exception as e:  # noqa: BLE001 - logged, not fatal (upstream: log.Printf)
+        except Exception as e:
             _ct_failed(fam, proto, port, e)
     if plan.route_localnet_ip:
         try:
@@ -327,7 +332,7 @@ def run_side_effects_sync(plan: Any) -> None:
             raise InternalError(f"unable to enable route_localnet: {e}") from None
 
 
-async def run_side_effects(plan, timings: dict | None = None) -> None:
+async def run_side_effects(plan: Plan, timings: dict[str, float] | None = None) -> None:
     """All post-commit side effects of ``plan`` in one anyio task group.
 
     Raises :class:`nlportmap.errors.InternalError` if route_localnet cannot be set.
@@ -338,13 +343,13 @@ async def run_side_effects(plan, timings: dict | None = None) -> None:
 
     errors: list[str] = []
 
-    async def ct_job(fam, proto, port):
+    async def ct_job(fam: int, proto: str, port: int) -> None:
         try:
             await delete_conntrack(fam, proto, port)
-        except Exception as e:  # noqa: BLE001 - logged, not fatal (upstream: log.Printf)
+        except Exception as e:
             _ct_failed(fam, proto, port, e)
 
-    async def localnet_job(ip):
+    async def localnet_job(ip: str) -> None:
         try:
             await enable_route_localnet(ip)
         except OSError as e:

@@ -76,9 +76,20 @@ else:
     Protocol = object
 
 __all__ = [
-    "SUPPORTED_VERSIONS", "CURRENT_VERSION", "COMMANDS", "CONTAINER_ID_MAX", "ABOUT",
-    "Request", "Handlers", "run", "validate_container_id", "validate_ifname",
-    "validate_network_name", "config_version", "parse_version", "version_output",
+    "ABOUT",
+    "COMMANDS",
+    "CONTAINER_ID_MAX",
+    "CURRENT_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Handlers",
+    "Request",
+    "config_version",
+    "parse_version",
+    "run",
+    "validate_container_id",
+    "validate_ifname",
+    "validate_network_name",
+    "version_output",
 ]
 
 #: Commands dispatched to handlers (plus ``VERSION``); CNI spec 1.1.0 "Parameters".
@@ -90,7 +101,7 @@ CONTAINER_ID_MAX = 200
 ABOUT = f"CNI portmap plugin nlportmap {__version__}"
 
 # (variable, commands requiring it, validator) -- order matters for messages (§1.2).
-_ENV_VARS: tuple[tuple[str, frozenset, str | None], ...] = (
+_ENV_VARS: tuple[tuple[str, frozenset[str], str | None], ...] = (
     ("CNI_COMMAND", frozenset(COMMANDS), None),
     ("CNI_CONTAINERID", frozenset({"ADD", "CHECK", "DEL"}), "container_id"),
     ("CNI_NETNS", frozenset({"ADD", "CHECK"}), None),
@@ -113,8 +124,18 @@ class Request:
     ``CNI_NETNS_OVERRIDE`` is ``1``/``true``.
     """
 
-    __slots__ = ("command", "container_id", "netns", "ifname", "args", "path", "stdin", "conf",
-                 "netns_override", "settings")
+    __slots__ = (
+        "args",
+        "command",
+        "conf",
+        "container_id",
+        "ifname",
+        "netns",
+        "netns_override",
+        "path",
+        "settings",
+        "stdin",
+    )
 
     def __init__(self, *, command: str, container_id: str, netns: str, ifname: str, args: str, path: str,
                  stdin: bytes, conf: NetConf | None, netns_override: bool,
@@ -136,7 +157,7 @@ class Request:
 class Handlers(Protocol):
     """What the command implementations provide.  Raise a ``CNIError`` to report failure."""
 
-    def add(self, req: Request) -> dict:
+    def add(self, req: Request) -> dict[str, Any]:
         """Do ADD; return the result object to print (normally ``req.conf.echo_result()``)."""
 
     def delete(self, req: Request) -> None:
@@ -159,7 +180,7 @@ _NAME_CHARS = _ALNUM | frozenset("_.-")
 
 
 def _valid_name(value: str) -> bool:
-    """``^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`` (CNI pkg/utils), without ``re`` (~4 ms to import)."""
+    r"""``^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`` (CNI pkg/utils), without ``re`` (~4 ms to import)."""
     return bool(value) and value[0] in _ALNUM and _NAME_CHARS.issuperset(value)
 
 
@@ -243,12 +264,12 @@ def parse_version(version: str) -> tuple[int, int, int]:
     parts = version.split(".")
     if len(parts) >= 4:
         raise DecodeFailure(f'invalid version "{version}": too many parts')
-    nums = [_atoi(p, w) for p, w in zip(parts, ("major", "minor", "micro"))]
+    nums = [_atoi(p, w) for p, w in zip(parts, ("major", "minor", "micro")[:len(parts)], strict=True)]
     nums += [0] * (3 - len(nums))
     return nums[0], nums[1], nums[2]
 
 
-def config_version(obj: dict) -> str:
+def config_version(obj: dict[str, Any]) -> str:
     """The config's ``cniVersion`` like Go's ``ConfigDecoder``: absent/null/empty -> ``"0.1.0"``.
 
     Raises :class:`~nlportmap.errors.DecodeFailure` (code 6) if it is not a string.
@@ -307,7 +328,7 @@ def decode_json(data: bytes, prefix: str) -> object:
         raise DecodeFailure(f"{prefix}{err}") from None
 
 
-def _decode_stdin(data: bytes) -> dict:
+def _decode_stdin(data: bytes) -> dict[str, Any]:
     obj = decode_json(data, "error unmarshall network config: ")
     if obj is None:  # Go: null decodes into the struct as a no-op
         obj = {}
@@ -351,11 +372,11 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
         return _run(environ, stdin, stdout, stderr, handlers, about, same_netns, state, lean)
     except CNIError as err:
         return _fail(stdout, err, state.cni_version)
-    except Exception as exc:  # noqa: BLE001 - the protocol demands a JSON error, not a traceback
+    except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         try:
             _write(stderr, f"nlportmap: internal error: {type(exc).__name__}: {text}\n")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         return _fail(stdout, InternalError(text), state.cni_version)
 
@@ -363,7 +384,7 @@ def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Tex
 def _fail(stdout: TextIO, err: CNIError, cni_version: str | None) -> int:
     try:
         _write(stdout, error_json(err, cni_version) + "\n")
-    except Exception:  # noqa: BLE001 - nowhere left to report to
+    except Exception:
         pass
     return 1
 
@@ -428,9 +449,9 @@ def _run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: Te
 
     override = values["CNI_NETNS_OVERRIDE"]
     netns_override = override == "1" or override.upper() == "TRUE"
-    if command in ("ADD", "DEL", "CHECK") and not netns_override and values["CNI_NETNS"]:
-        if same_netns(values["CNI_NETNS"]):
-            raise InvalidNetns("plugin's netns and netns from CNI_NETNS should not be the same")
+    if command in ("ADD", "DEL", "CHECK") and not netns_override and values["CNI_NETNS"] \
+            and same_netns(values["CNI_NETNS"]):
+        raise InvalidNetns("plugin's netns and netns from CNI_NETNS should not be the same")
 
     req = Request(command=command, container_id=values["CNI_CONTAINERID"],
                   netns=values["CNI_NETNS"], ifname=values["CNI_IFNAME"],

@@ -5,7 +5,7 @@ call before ADD) from here without loading the request machinery.
 """
 from __future__ import annotations
 
-__all__ = ["SUPPORTED_VERSIONS", "CURRENT_VERSION", "version_output"]
+__all__ = ["CURRENT_VERSION", "SUPPORTED_VERSIONS", "version_output"]
 
 #: CNI versions we accept, in upstream's order (reference §1.4, ``version.All``).
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

@@ -70,6 +70,8 @@ class IptBackend:
     """
 
     name = "iptables"
+    #: GC cannot tell when a chain was created: it has no "created after GC started" guard
+    gc_spares_new = False
 
     def __init__(self, variant: str = "", timeout: float = 30.0):
         if variant not in ("", "nft", "legacy"):
@@ -382,7 +384,7 @@ class IptBackend:
         return out
 
     # ----------------------------------------------------------------- GC / list
-    def gc(self, valid_tags: set[str], network: str | None = None) -> int:
+    def gc(self, valid_tags: set[str], network: str | None = None, started_ms: int | None = None) -> int:
         """Remove the chains (and jumps) of containers not in ``valid_tags``; returns lines applied.
 
         ``valid_tags``: ``"<containerID>/<ifname>"``.  iptables state has no

@@ -43,6 +43,8 @@ class NftBackend:
     """nftables over netlink.  ``sock`` may be injected (tests open it in another netns)."""
 
     name = "nftables"
+    #: GC spares elements whose creation stamp is at or after its start (started_ms)
+    gc_spares_new = True
 
     def __init__(self, sock: N.NetfilterSocket | None = None):
         self._sock = sock

@@ -332,7 +332,7 @@ class NetfilterSocket:
         except OSError:
             pass
         for opt in (SO_SNDBUFFORCE, SO_RCVBUFFORCE):
-            try:  # noqa: SIM105 (cold exec path: no contextlib import for this)
+            try:
                 s.setsockopt(_socket.SOL_SOCKET, opt, sndbuf)
             except OSError:
                 pass

@@ -400,7 +400,7 @@ def _mut_case(draw, conf, command):
 
 def _mut_duplicate(draw, conf, command):
     """Another spelling of one key with another value, before or after the original."""
-    key = draw(st.sampled_from(sorted(FIELD_VALUES) + ["runtimeConfig", "prevResult"]))
+    key = draw(st.sampled_from([*sorted(FIELD_VALUES), "runtimeConfig", "prevResult"]))
     spelling = draw(st.sampled_from(other_spellings(key)))
     if key == "runtimeConfig":
         value = {"portMappings": draw(mappings(max_size=2))}
@@ -448,7 +448,7 @@ def _mut_mapping(draw, conf, command):
     elif how == "respell" and existing:
         ms[i] = _rename(m, existing[-1], draw(st.sampled_from(other_spellings(field))))
     else:
-        spelling = draw(st.sampled_from([field] + other_spellings(field)))
+        spelling = draw(st.sampled_from([field, *other_spellings(field)]))
         if spelling not in m:
             items = list(m.items())
             items.insert(draw(st.integers(0, len(items))), (spelling, copy.deepcopy(draw(st.sampled_from(values)))))
@@ -460,9 +460,9 @@ def _mut_mapping_list(draw, conf, command):
     choice = draw(st.integers(0, 7))
     ms = draw(mappings(max_size=3))
     if choice == 0:
-        conf["runtimeConfig"] = {"portMappings": ms + [None]}
+        conf["runtimeConfig"] = {"portMappings": [*ms, None]}
     elif choice == 1:
-        conf["runtimeConfig"] = {"portMappings": ms + [draw(st.sampled_from((1, "x", [], [80])))]}
+        conf["runtimeConfig"] = {"portMappings": [*ms, draw(st.sampled_from((1, "x", [], [80])))]}
     elif choice == 2:
         conf["runtimeConfig"] = {"portMappings": ms[:1], "PortMappings": ms}
     elif choice == 3:
@@ -505,7 +505,7 @@ ADDRESSES = ("10.244.0.5/24", "10.244.0.5/32", "fd00:244::5/64", "::ffff:10.244.
 def prev_results(draw, version: str | None = None):
     """prevResult variants: valid of any family, other family, bad addresses, odd shapes."""
     kind = draw(st.integers(0, 9))
-    v = version if version and draw(st.booleans()) else draw(st.sampled_from(SUPPORTED + ("", "9.9.9")))
+    v = version if version and draw(st.booleans()) else draw(st.sampled_from((*SUPPORTED, "", "9.9.9")))
     ifname = draw(st.sampled_from(("eth0", "net1", "e")))
     if kind <= 3:
         prev = prev_result(v or "0.1.0", draw(container_ips()), ifname)
