@@ -22,6 +22,8 @@ class Plugin:
         #: an exec'd process (no event loop of its own): side effects run one after another
         self._cold = cold
         self._sock = None
+        #: netlink sockets whose release is left to process exit (cold path)
+        self._held: list[object] = []
         #: the request's NLPORTMAP_* settings (Request.settings), set by each handler
         self._settings: dict[str, str] = {}
         self.timings: dict[str, float] = {}
@@ -54,8 +56,18 @@ class Plugin:
         if self._backend is not None:
             return self._backend
         from .backends import select_backend
-        self._backend = select_backend(conf, sock=self._sock, log=self._log if self._debug() else None)
+        sock = self._nft_socket() if self._cold else None  # one socket per exec'd process
+        self._backend = select_backend(conf, sock=sock, log=self._log if self._debug() else None)
         return self._backend
+
+    @property
+    def holds_netlink(self) -> bool:
+        """This request still holds NETLINK_NETFILTER sockets.  Releasing one waits for
+        nf_tables' RCU-deferred cleanup whenever anyone in this netns committed deletions in
+        the last few milliseconds (measured 5-20 ms; the kernel's NETLINK_URELEASE notifier
+        flushes that work), so an exec'd process exits and leaves the release to a child
+        (:func:`nlportmap.shim._exit_detached`)."""
+        return self._sock is not None or bool(self._held)
 
     def _plan(self, req, prev: dict | None):
         from .plan import Owner, make_plan
@@ -108,7 +120,7 @@ class Plugin:
             if plan.conntrack_flush or plan.route_localnet_ip:
                 if self._cold:
                     from .sidefx import run_side_effects_sync
-                    run_side_effects_sync(plan)
+                    run_side_effects_sync(plan, self._held)
                 else:
                     from .sidefx import run_side_effects
                     self.run_async(run_side_effects, plan)

@@ -76,6 +76,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Mapping
     from typing import BinaryIO
 
+    from .plugin import Plugin
+
 __all__ = [
     "DEFAULT_SOCKET",
     "PROTOCOL_VERSION",
@@ -247,7 +249,7 @@ def _read_stdin() -> bytes:
         chunks.append(b)
 
 
-def _note(command: bytes, via: str, reason: str, t0: float) -> None:
+def _note(command: bytes, via: str, reason: str, t0: float, detached: bool = False) -> None:
     """Timings line for NLPORTMAP_TIMINGS_FILE (hand-written JSON: no json import here)."""
     path = _env(b"NLPORTMAP_TIMINGS_FILE")
     if not path:
@@ -255,7 +257,8 @@ def _note(command: bytes, via: str, reason: str, t0: float) -> None:
     reason = reason.replace("\\", "\\\\").replace('"', '\\"')
     cmd = command.decode("ascii", "replace").replace('"', "")
     ms = (time.perf_counter() - t0) * 1000
-    line = f'{{"nlportmap_shim": "{cmd}", "via": "{via}", "reason": "{reason}", "shim_ms": {ms:.3f}}}\n'.encode()
+    line = (f'{{"nlportmap_shim": "{cmd}", "via": "{via}", "reason": "{reason}", "shim_ms": {ms:.3f}, '
+            f'"detached_release": {"true" if detached else "false"}}}\n').encode()
     try:
         fd = _os.open(path, _os.O_WRONLY | _os.O_APPEND | _os.O_CREAT | _os.O_CLOEXEC, 0o644)
         try:
@@ -331,22 +334,53 @@ def plugin_main(t0: float | None = None) -> int:
             return status
     if flags:
         _write_all(2, f"nlportmap: shim: {reason}; working in-process\n".encode())
-    status = _in_process(stdin, None if not stdin_err else sys.stdin.buffer, t0)
-    _note(command, "in-process", reason, t0)
+    status, plugin = _in_process(stdin, None if not stdin_err else sys.stdin.buffer, t0)
+    detach = plugin.holds_netlink  # (``plugin`` keeps its sockets open until the exit)
+    _note(command, "in-process", reason, t0, detach)
+    if detach:
+        _exit_detached(status)
     return status
 
 
-def _in_process(stdin: bytes, stream: "BinaryIO | None", t0: float) -> int:
+def _exit_detached(status: int) -> None:
+    """Exit now, leaving the release of our netlink sockets to a child.
+
+    Shortly after any transaction in this netns that deleted objects (ours or another
+    program's), the kernel's release of a NETLINK_NETFILTER socket waits for nf_tables'
+    RCU-deferred cleanup (its NETLINK_URELEASE notifier flushes that work): 5-20 ms in
+    which the runtime would wait for this process although its answer is written.  The child holds
+    the last reference to the sockets, closes stdin/stdout/stderr first (so the
+    runtime sees EOF when we exit) and pays the wait; init or the runtime's subreaper
+    reaps it.  Output was flushed by the caller."""
+    try:
+        pid = _os.fork()
+    except OSError:
+        return  # exit normally, and wait
+    if pid == 0:
+        for fd in (0, 1, 2):
+            try:
+                _os.close(fd)
+            except OSError:
+                pass
+        _os._exit(0)
+    _os._exit(status)
+
+
+def _in_process(stdin: bytes, stream: "BinaryIO | None", t0: float) -> "tuple[int, Plugin]":
+    """Run the request here: (exit status, the handlers, which still hold their sockets:
+    see :func:`_exit_detached`)."""
     import io
     from .plugin import Plugin
     from .skel import run
     sys.stdout.flush()
     env = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
            for k, v in _os.environ.items()}  # os.environ without importing os (~1 ms)
+    plugin = Plugin(t0=t0, cold=True)
     status = run(env, stream if stream is not None else io.BytesIO(stdin),
-                 sys.stdout, sys.stderr, Plugin(t0=t0, cold=True), lean=True)
+                 sys.stdout, sys.stderr, plugin, lean=True)
     sys.stdout.flush()
-    return status
+    sys.stderr.flush()
+    return status, plugin
 
 
 def launch() -> int:

@@ -214,7 +214,7 @@ def _route_oif_steps(addr: str) -> Steps[str | None]:
     return None
 
 
-def _drive_sync(steps: Steps[T], s: socket.socket) -> T:
+def _drive_sync(steps: Steps[T], s: socket.socket, keep: list[socket.socket] | None = None) -> T:
     try:
         req = next(steps)
         while True:
@@ -228,7 +228,10 @@ def _drive_sync(steps: Steps[T], s: socket.socket) -> T:
         value: T = stop.value  # the generator's return value
         return value
     finally:
-        s.close()
+        if keep is None:
+            s.close()
+        else:
+            keep.append(s)  # released at process exit (see shim._exit_detached)
 
 
 async def _drive_async(steps: Steps[T], s: socket.socket) -> T:
@@ -262,10 +265,12 @@ async def delete_conntrack(family: int, proto: str, port: int) -> int:
     return await _drive_async(_ct_delete_steps(family, proto, port, _force_fallback()), _open(NETLINK_NETFILTER))
 
 
-def delete_conntrack_sync(family: int, proto: str, port: int) -> int:
-    """:func:`delete_conntrack` on a blocking socket (cold path)."""
+def delete_conntrack_sync(family: int, proto: str, port: int, keep: list[socket.socket] | None = None) -> int:
+    """:func:`delete_conntrack` on a blocking socket (cold path).  With ``keep``, the socket
+    is appended to it instead of closed: closing a NETLINK_NETFILTER socket can wait for
+    nf_tables' deferred cleanup, which an exec'd process leaves to its exit."""
     return _drive_sync(_ct_delete_steps(family, proto, port, _force_fallback()),
-                       _open(NETLINK_NETFILTER, blocking=True))
+                       _open(NETLINK_NETFILTER, blocking=True), keep)
 
 
 async def route_oif(addr: str) -> str | None:
@@ -312,8 +317,9 @@ def _ct_failed(fam: int, proto: str, port: int, e: Exception) -> None:
     log(f"failed to delete stale {proto.upper()} conntrack entries for ipv{fam} port {port}: {e}")
 
 
-def run_side_effects_sync(plan: Plan) -> None:
-    """All post-commit side effects of ``plan``, one after another (cold exec path).
+def run_side_effects_sync(plan: Plan, keep: list[socket.socket] | None = None) -> None:
+    """All post-commit side effects of ``plan``, one after another (cold exec path);
+    netfilter sockets go to ``keep`` rather than being closed (see delete_conntrack_sync).
 
     Same outcome and errors as :func:`run_side_effects`: raises
     :class:`nlportmap.errors.InternalError` if route_localnet cannot be set;
@@ -321,7 +327,7 @@ def run_side_effects_sync(plan: Plan) -> None:
     """
     for fam, proto, port in plan.conntrack_flush:
         try:
-            delete_conntrack_sync(fam, proto, port)
+            delete_conntrack_sync(fam, proto, port, keep)
         except Exception as e:
             _ct_failed(fam, proto, port, e)
     if plan.route_localnet_ip:

@@ -433,6 +433,7 @@ class NetfilterSocket:
             errs.sort()
             raise NftError(errs, [op_name(o) for o in ops])
 
+
     def request(self, reqs: list[bytes], seqs: list[int]) -> Replies:
         """Send already-encoded non-batch requests in one write; collect replies by seq.
 

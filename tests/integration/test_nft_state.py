@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from nlpm_helpers import netconf, port_mapping, prev_result
+from nlpm_helpers import EXE, netconf, port_mapping, prev_result
 
 pytestmark = pytest.mark.root
 
@@ -261,3 +261,37 @@ def test_check_names_skeleton_damage_and_next_add_repairs_it(node, damage):
     assert f"table ip nlportmap: {'set' if damage[1] == 'map' else 'chain'} {what}" in json.loads(out)["msg"]
     add(node, cid="c2", mappings=[port_mapping(7070, 70)], prev=prev_result("10.244.0.7/24"))
     assert node.exec("CHECK", conf, cid="c1")[0] == 0
+
+
+def test_exit_leaves_the_netlink_release_to_a_short_lived_child(node, tmp_path):
+    """A cold ADD/DEL answers, then exits at once; releasing its netfilter socket (which
+    can wait for nf_tables' deferred cleanup after deletions) is left to a child that
+    closes stdio first and is gone soon after.  Output and status are unaffected."""
+    import os
+    import time
+    timings = tmp_path / "t.jsonl"
+    env = {"NLPORTMAP_TIMINGS_FILE": str(timings), "NLPORTMAP_SOCKET": "none"}
+    prev = prev_result("10.244.0.5/24", "fd00:244::5/64")
+    rc, out, err = node.exec("ADD", netconf(M, prev), cid="c9", env=env)
+    assert rc == 0 and json.loads(out)["ips"] == prev["ips"], err
+    rc, out, err = node.exec("DEL", netconf(M, prev), cid="c9", env=env)
+    assert (rc, out) == (0, ""), err
+    assert not node.owned_by("c9")
+    shim = [json.loads(ln) for ln in timings.read_text().splitlines() if "nlportmap_shim" in ln]
+    assert [(s["nlportmap_shim"], s["detached_release"]) for s in shim] == [("ADD", True), ("DEL", True)]
+    # no process of the plugin outlives the release for long
+    exe = os.path.realpath(EXE)
+    deadline = time.monotonic() + 5
+    while True:
+        left = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if exe.encode() in f.read():
+                        left.append(pid)
+            except OSError:
+                pass
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not left, left
