@@ -192,11 +192,19 @@ def _plugin_class():
                 if check_backend_conflict is not None:
                     check_backend_conflict(conf, name)
                 if name == "nftables":
-                    self.lease = self._daemon.take_backend()
+                    if self.lease is None:
+                        self.lease = self._daemon.take_backend()
                     self._backend = self.lease
                 else:
                     self._backend = make_backend(name)
             return self._backend
+
+        def _nft_socket(self):
+            """The pooled backend's socket (never a new one per request: its release could
+            wait for nf_tables' deferred cleanup on a request thread)."""
+            if self.lease is None:
+                self.lease = self._daemon.take_backend()
+            return self.lease.sock
 
         def run_async(self, fn, *args):
             """On the daemon's long-lived event loop, not a new one.  The task's
