@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 
-__all__ = ["Healer", "enabled", "DEBOUNCE", "parse"]
+__all__ = ["DEBOUNCE", "Healer", "enabled", "parse"]
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270

@@ -239,7 +239,7 @@ class Plugin:
         from .backends import all_backends
         started_ms = int(self._wall0 * 1000)
         from .lock import netns_lock
-        from .records import gc as gc_records
+        from .restore import gc_records
         with netns_lock():  # objects, then records, in one hold: a restore never sees half
             for b in all_backends(req.conf):
                 if getattr(b, "name", "") == "nftables":

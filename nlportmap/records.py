@@ -1,50 +1,26 @@
 """Durable per-attachment records: what must exist, so that it can be restored.
 
-An operator's ``nft flush ruleset``, a firewalld reload or ``iptables -t nat -F``
-wipes every published port; the runtime never calls ADD again.  So each ADD keeps
-one small record of its attachment -- enough to rebuild the :class:`~nlportmap.plan.Plan`
-without the runtime -- and ``nlportmap restore`` (:mod:`nlportmap.restore`) or the
-daemon's healer (:mod:`nlportmap.heal`) re-programs the recorded attachments whose
-kernel objects are missing.
+Each ADD keeps one record of its attachment, enough to rebuild its plan without the
+runtime; ``nlportmap restore`` (:mod:`nlportmap.restore`, which also reads and GCs
+records) and the daemon's healer (:mod:`nlportmap.heal`) re-program the recorded
+attachments whose kernel objects are missing (a flushed or reloaded firewall).
 
-Where: ``$NLPORTMAP_STATE_DIR`` (default ``/run/nlportmap/state``, a tmpfs: a reboot
-forgets records as it forgets containers), one subdirectory per network namespace
-``netns-<inode>`` (keyed like the lock, :mod:`nlportmap.lock`), one file per
-attachment named by :func:`file_name` (a reversible encoding of network,
-container ID and ifname: no raw name ever becomes part of a path).  Both directories
-are trusted only when they are real directories (``O_NOFOLLOW``), owned by our euid
-and not writable by group or others (created 0700); files are opened relative to
-the directory descriptor with ``O_NOFOLLOW``.
+``$NLPORTMAP_STATE_DIR`` (default ``/run/nlportmap/state``) / ``netns-<inode>`` (keyed
+like the lock) / :func:`file_name` (network, container ID, ifname, percent-encoded:
+no raw name is ever part of a path).  Directories are trusted only when real
+(``O_NOFOLLOW``), ours and 0700-like; files are opened relative to them, ``O_NOFOLLOW``.
 
-Ordering (who holds the netns lock, :class:`~nlportmap.lock.netns_lock`, around what):
-
-* ADD (:class:`Recorded`): the record is written (``<name>.tmp<pid>``, then
-  ``rename``) *before* the transaction commits, both under the lock.  A failed
-  transaction puts the previous record back (or removes the new one).  A crash
-  leaves no record and no rules, or a record that a restore finishes.
-* DEL (:class:`Unrecorded`): its transaction, then the record's removal, under
-  one hold of the lock; a restore (which re-reads the records under the lock)
-  therefore sees either both or neither.  A DEL that owns nothing in the kernel
-  still removes a stale record (:func:`exists` decides whether it must take the
-  full path).
-* GC: :func:`gc` removes the records of its network that it does not list.
-
-Cold path: standard library built-ins only (``posix``, ``_json`` through
-:mod:`nlportmap.jsonio`); a record costs one ``open``/``write``/``rename`` on a
-tmpfs (see docs/performance.md, "Self-healing").
-
-Record format (JSON object, :data:`VERSION`)::
-
-    {"v": 1, "network": ..., "containerID": ..., "ifname": <percent-encoded>,
-     "owner": <the owner comment the kernel objects carry, or null>,
-     "backend": "nftables"|"iptables", "createdMs": <wall ms of the ADD>,
-     "containerIPs": {"4": "10.0.0.2/24"|null, "6": ...},
-     "conf": {<the decoded config fields make_plan needs, plain JSON>}}
+Ordering, all under the netns lock: ADD writes the record (``<name>.tmp<pid>``, then
+``rename``) before its commit and puts the previous one back if the commit fails
+(:class:`Recorded`); DEL removes it after its transaction in the same hold
+(:class:`Unrecorded`); restore re-reads records under the lock, so it never sees
+half of a DEL.  A crash leaves no record and no rules, or a record a restore finishes.
+Cold path: built-in modules only (``posix``; JSON through :mod:`nlportmap.jsonio`).
+Format (:data:`VERSION`): see docs/performance.md, "Self-healing".
 """
 from __future__ import annotations
 
 import errno
-
 import posix
 
 from . import jsonio
@@ -53,8 +29,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from .plan import Owner, Plan
 
-__all__ = ["DEFAULT_DIR", "VERSION", "Recorded", "Unrecorded", "StateDirError", "file_name", "parse_name",
-           "save", "exists", "remove", "load_all", "gc", "netns_dir"]
+__all__ = [
+    "DEFAULT_DIR",
+    "VERSION",
+    "Recorded",
+    "StateDirError",
+    "Unrecorded",
+    "exists",
+    "file_name",
+    "netns_dir",
+    "remove",
+    "save",
+]
 
 DEFAULT_DIR = "/run/nlportmap/state"
 VERSION = 1
@@ -82,20 +68,6 @@ def _enc(text: str) -> str:
     return "".join(out)
 
 
-def _dec(text: str) -> str:
-    raw = bytearray()
-    i = 0
-    b = text.encode("ascii")
-    while i < len(b):
-        if b[i] == 0x25:  # %
-            raw.append(int(b[i + 1:i + 3], 16))
-            i += 3
-        else:
-            raw.append(b[i])
-            i += 1
-    return raw.decode("utf-8", "surrogateescape")
-
-
 def file_name(network: str, container_id: str, ifname: str) -> str:
     """``<network>.<containerID>.<ifname>``, each percent-encoded (so no ``.``, ``/`` or
     other unsafe byte survives inside a part); over :data:`_NAME_MAX` bytes, ``h.<sha256>``."""
@@ -107,21 +79,6 @@ def file_name(network: str, container_id: str, ifname: str) -> str:
             from hashlib import sha256
         name = "h." + sha256(name.encode()).hexdigest()
     return name
-
-
-def parse_name(name: str) -> tuple[str, str, str] | None:
-    """(network, containerID, ifname) of a :func:`file_name` (None for hashed or foreign names)."""
-    parts = name.split(".")
-    if len(parts) != 3 or name.startswith("h."):
-        return None
-    try:
-        return _dec(parts[0]), _dec(parts[1]), _dec(parts[2])
-    except (ValueError, UnicodeError):
-        return None
-
-
-def _is_record(name: str) -> bool:
-    return name.count(".") == 2 or (name.startswith("h.") and name.count(".") == 1)
 
 
 # ------------------------------------------------------------------ directories
@@ -219,8 +176,8 @@ def _plain_conf(conf, plan: Plan) -> dict:
 
 def encode(plan: Plan, conf, backend: str, created_ms: int) -> bytes:
     o = plan.owner
-    comment = o.comment
     try:
+        comment = o.comment
         comment.encode()
     except UnicodeError:  # an ifname of raw bytes: not representable in JSON text
         comment = None
@@ -229,19 +186,6 @@ def encode(plan: Plan, conf, backend: str, created_ms: int) -> bytes:
            "owner": comment, "backend": backend, "createdMs": created_ms,
            "containerIPs": {"4": ips.get(4), "6": ips.get(6)}, "conf": _plain_conf(conf, plan)}
     return jsonio.dumps(rec).encode()
-
-
-def decode(data: bytes) -> dict:
-    """A record's JSON; ``ifname`` decoded.  Raises ValueError for anything else."""
-    try:
-        rec = jsonio.loads(data)
-    except jsonio.Unsupported:
-        import json
-        rec = json.loads(data)
-    if type(rec) is not dict or rec.get("v") != VERSION:
-        raise ValueError(f"not a version {VERSION} record")
-    rec["ifname"] = _dec(rec["ifname"])
-    return rec
 
 
 def _read(dfd: int, name: str) -> bytes | None:
@@ -348,75 +292,6 @@ def remove(owner: Owner) -> bool:
         posix.close(dfd)
 
 
-def load_all() -> list[tuple[str, dict | None]]:
-    """Every record of this netns: [(file name, record or None if unreadable)], sorted by
-    ``createdMs`` (then name).  Leftover temporary files of dead writers are removed."""
-    dfd = _ns_dir(False)
-    if dfd is None:
-        return []
-    out: list[tuple[str, dict | None]] = []
-    try:
-        for name in posix.listdir(dfd):
-            if ".tmp" in name:
-                pid = name.rpartition(".tmp")[2]
-                if pid.isdigit() and not _alive(int(pid)):
-                    _unlink(dfd, name)
-                continue
-            if not _is_record(name):
-                continue
-            data = _read(dfd, name)
-            if data is None:
-                continue
-            try:
-                out.append((name, decode(data)))
-            except (ValueError, KeyError, TypeError, UnicodeError):
-                out.append((name, None))
-    finally:
-        posix.close(dfd)
-    out.sort(key=lambda r: ((r[1] or {}).get("createdMs") or 0, r[0]))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        posix.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-
-
-def gc(valid_tags: set[str], network: str | None, started_ms: int | None = None) -> list[str]:
-    """CNI GC: remove the records of ``network`` whose owner tag (``containerID/ifname``) is
-    not in ``valid_tags``, except those written at or after ``started_ms`` (an ADD racing
-    the GC).  Returns the removed file names.  Call it under the netns lock."""
-    from .plan import Owner
-    try:
-        recs = load_all()
-        dfd = _ns_dir(False)
-    except OSError:
-        return []
-    if dfd is None:
-        return []
-    gone = []
-    try:
-        for name, rec in recs:
-            if rec is None:
-                continue
-            if network is not None and rec.get("network") != network:
-                continue
-            if Owner(rec["containerID"], rec["ifname"]).tag in valid_tags:
-                continue
-            if started_ms is not None and (rec.get("createdMs") or 0) >= started_ms:
-                continue
-            if _unlink(dfd, name):
-                gone.append(name)
-    finally:
-        posix.close(dfd)
-    return gone
-
-
 # ------------------------------------------------------------------ the plugin's seams
 class Recorded:
     """``with Recorded(plan, conf, backend_name):`` hold the netns lock, write ``plan``'s
@@ -430,7 +305,7 @@ class Recorded:
         self._args = (plan, conf, backend)
         self._undo = None
 
-    def __enter__(self) -> Recorded:
+    def __enter__(self) -> Recorded:  # noqa: PYI034
         self._lock.__enter__()
         try:
             import time
@@ -464,7 +339,7 @@ class Unrecorded:
         self._lock = netns_lock()
         self._owner = owner
 
-    def __enter__(self) -> Unrecorded:
+    def __enter__(self) -> Unrecorded:  # noqa: PYI034
         self._lock.__enter__()
         return self
 

@@ -23,10 +23,129 @@ iptables backend's chains, like ADD.  Transactions: one per restored attachment
 """
 from __future__ import annotations
 
+import posix
 import sys
 import time
 
-__all__ = ["restore", "plan_of", "main"]
+from . import records as R
+from .jsonio import Unsupported, loads
+
+__all__ = ["decode", "gc_records", "load_all", "main", "parse_name", "plan_of", "restore"]
+
+
+# ------------------------------------------------------------------ reading the records
+def _dec(text: str) -> str:
+    raw = bytearray()
+    i = 0
+    b = text.encode("ascii")
+    while i < len(b):
+        if b[i] == 0x25:  # %
+            raw.append(int(b[i + 1:i + 3], 16))
+            i += 3
+        else:
+            raw.append(b[i])
+            i += 1
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parse_name(name: str) -> tuple[str, str, str] | None:
+    """(network, containerID, ifname) of a :func:`file_name` (None for hashed or foreign names)."""
+    parts = name.split(".")
+    if len(parts) != 3 or name.startswith("h."):
+        return None
+    try:
+        return _dec(parts[0]), _dec(parts[1]), _dec(parts[2])
+    except (ValueError, UnicodeError):
+        return None
+
+
+def _is_record(name: str) -> bool:
+    return name.count(".") == 2 or (name.startswith("h.") and name.count(".") == 1)
+
+
+def decode(data: bytes) -> dict:
+    """A record's JSON; ``ifname`` decoded.  Raises ValueError for anything else."""
+    try:
+        rec = loads(data)
+    except Unsupported:
+        import json
+        rec = json.loads(data)
+    if type(rec) is not dict or rec.get("v") != R.VERSION:
+        raise ValueError(f"not a version {R.VERSION} record")
+    rec["ifname"] = _dec(rec["ifname"])
+    return rec
+
+
+def load_all() -> list[tuple[str, dict | None]]:
+    """Every record of this netns: [(file name, record or None if unreadable)], sorted by
+    ``createdMs`` (then name).  Leftover temporary files of dead writers are removed."""
+    dfd = R._ns_dir(False)
+    if dfd is None:
+        return []
+    out: list[tuple[str, dict | None]] = []
+    try:
+        for name in posix.listdir(dfd):
+            if ".tmp" in name:
+                pid = name.rpartition(".tmp")[2]
+                if pid.isdigit() and not _alive(int(pid)):
+                    R._unlink(dfd, name)
+                continue
+            if not _is_record(name):
+                continue
+            data = R._read(dfd, name)
+            if data is None:
+                continue
+            try:
+                out.append((name, decode(data)))
+            except (ValueError, KeyError, TypeError, UnicodeError):
+                out.append((name, None))
+    finally:
+        posix.close(dfd)
+    out.sort(key=lambda r: ((r[1] or {}).get("createdMs") or 0, r[0]))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        posix.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+
+
+def gc_records(valid_tags: set[str], network: str | None, started_ms: int | None = None) -> list[str]:
+    """CNI GC: remove the records of ``network`` whose owner tag (``containerID/ifname``) is
+    not in ``valid_tags``, except those written at or after ``started_ms`` (an ADD racing
+    the GC).  Returns the removed file names.  Call it under the netns lock."""
+    from .plan import Owner
+    try:
+        recs = load_all()
+        dfd = R._ns_dir(False)
+    except OSError:
+        return []
+    if dfd is None:
+        return []
+    gone = []
+    try:
+        for name, rec in recs:
+            if rec is None:
+                continue
+            if network is not None and rec.get("network") != network:
+                continue
+            if Owner(rec["containerID"], rec["ifname"]).tag in valid_tags:
+                continue
+            if started_ms is not None and (rec.get("createdMs") or 0) >= started_ms:
+                continue
+            if R._unlink(dfd, name):
+                gone.append(name)
+    finally:
+        posix.close(dfd)
+    return gone
+
+
+# ------------------------------------------------------------------ restoring
 
 
 def plan_of(rec: dict):
@@ -47,8 +166,7 @@ def _problems(backend, plan) -> list[str]:
         return []
     except CNIError as e:
         text = e.msg
-    if text.startswith("CHECK failed: "):
-        text = text[len("CHECK failed: "):]
+    text = text.removeprefix("CHECK failed: ")
     problems = [p for p in text.split("; ") if p]
     if problems and all(" is owned by " in p for p in problems):
         return []  # a newer ADD took the ports: this one is shadowed, as it should be
@@ -62,7 +180,6 @@ def restore(dry_run: bool = False, backends: tuple[str, ...] = ("nftables", "ipt
     ``missing`` (the problems found), ``ops`` (what its transaction applied)."""
     from .backends import make_backend
     from .lock import netns_lock
-    from .records import load_all
     out: list[dict] = []
     made: dict = {}
     try:
