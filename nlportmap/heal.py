@@ -126,6 +126,8 @@ class Healer(threading.Thread):
         if rows:
             self.heals += 1
             names = ", ".join(f"{r['containerID'][:12]}/{r['ifname']}" for r in rows)
+            first = rows[0]["missing"][0] if rows[0]["missing"] else ""
+            names += f" (first problem: {first[:160]})" if first else ""
             self._log(f"heal: restored {len(rows)} attachment(s) in {(time.perf_counter() - t) * 1000:.1f} ms "
                       f"({'+'.join(sorted(which))}): {names}")
 

@@ -5,8 +5,8 @@ runtime; ``nlportmap restore`` (:mod:`nlportmap.restore`, which also reads and G
 records) and the daemon's healer (:mod:`nlportmap.heal`) re-program the recorded
 attachments whose kernel objects are missing (a flushed or reloaded firewall).
 
-``$NLPORTMAP_STATE_DIR`` (default ``/run/nlportmap/state``) / ``netns-<inode>`` (keyed
-like the lock) / :func:`file_name` (network, container ID, ifname, percent-encoded:
+``$NLPORTMAP_STATE_DIR`` (default ``/run/nlportmap/state``) / ``netns-<inode>-<cookie>``
+(:func:`netns_dir`) / :func:`file_name` (network, container ID, ifname, percent-encoded:
 no raw name is ever part of a path).  Directories are trusted only when real
 (``O_NOFOLLOW``), ours and 0700-like; files are opened relative to them, ``O_NOFOLLOW``.
 
@@ -88,12 +88,23 @@ def base_dir() -> str:
 
 
 def netns_dir() -> str:
-    """``netns-<inode of this thread's network namespace>`` (the lock's key)."""
+    """``netns-<inode>-<cookie>`` of this thread's network namespace.  The inode alone (the
+    lock's key) is reused once a namespace is gone, and a new namespace must never inherit
+    a dead one's records; the cookie (``SO_NETNS_COOKIE``, Linux 5.14) never is.  Older
+    kernels: ``netns-<inode>``."""
     try:
         ino = posix.stat("/proc/thread-self/ns/net").st_ino
     except FileNotFoundError:  # kernels < 3.17
         ino = posix.stat("/proc/self/ns/net").st_ino
-    return f"netns-{ino}"
+    import _socket
+    try:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+        try:
+            return f"netns-{ino}-{int.from_bytes(s.getsockopt(_socket.SOL_SOCKET, 71, 8), 'little')}"
+        finally:
+            s.close()
+    except OSError:  # no SO_NETNS_COOKIE
+        return f"netns-{ino}"
 
 
 def _trusted(fd: int, where: str) -> int:
