@@ -59,7 +59,8 @@ class Env:
 
     def base_env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "NLPORTMAP_"))}
-        env.update(NLPORTMAP_SOCKET=self.sock, NLPORTMAP_LOCK_DIR=self.lockdir)
+        env.update(NLPORTMAP_SOCKET=self.sock, NLPORTMAP_LOCK_DIR=self.lockdir,
+                   NLPORTMAP_STATE_DIR=os.path.join(self.dir, "state"))
         return env
 
     def start_daemon(self, *extra: str, env: dict | None = None, python: tuple = ("-m", "nlportmap"),

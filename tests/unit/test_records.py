@@ -47,7 +47,7 @@ def test_long_names_are_hashed():
 def test_record_round_trip_rebuilds_the_same_plan(state):
     plan, conf = _plan(ifname="e\udcff")
     records.save(plan, conf, "nftables", 1234)
-    (name, rec), = RS.load_all()
+    ((_, rec),) = RS.load_all()
     assert rec["backend"] == "nftables" and rec["createdMs"] == 1234 and rec["ifname"] == "e\udcff"
     again, _ = RS.plan_of(rec)
     assert again == plan
@@ -81,7 +81,7 @@ def test_gc_spares_listed_and_newer_records(state):
     assert RS.gc_records(set(), "othernet", started_ms=50) == []
 
 
-def test_untrusted_state_dir_is_refused(state):
+def test_untrusted_state_dir_is_refused(state, monkeypatch):
     os.makedirs(state, mode=0o777)
     os.chmod(state, 0o777)
     plan, conf = _plan()
@@ -90,7 +90,7 @@ def test_untrusted_state_dir_is_refused(state):
     os.chmod(state, 0o700)
     link = str(state) + "-link"
     os.symlink(state, link)
-    os.environ["NLPORTMAP_STATE_DIR"] = link
+    monkeypatch.setenv("NLPORTMAP_STATE_DIR", link)
     with pytest.raises(records.StateDirError):
         records.save(plan, conf, "nftables", 1)
 
