@@ -265,10 +265,11 @@ def _refused_as_nobody(env, py, src, repo):
             "from nlportmap import shim\n"
             "try:\n"
             "    shim.exchange(%r, shim.encode_request({b'CNI_COMMAND': b'VERSION',\n"
-            "                  b'NLPORTMAP_LOCK_DIR': %r}, b''))\n"
+            "                  b'NLPORTMAP_LOCK_DIR': %r, b'NLPORTMAP_STATE_DIR': %r}, b''))\n"
             "    print('SERVED')\n"
             "except shim.Fallback as e:\n"
-            "    print('FALLBACK', e)\n" % (repo, env.sock, env.lockdir.encode()))
+            "    print('FALLBACK', e)\n" % (repo, env.sock, env.lockdir.encode(),
+                                          os.path.join(env.dir, "state").encode()))
     cp = subprocess.run(["ip", "netns", "exec", env.a.name, "setpriv", "--reuid=65534", "--regid=65534",
                          "--clear-groups", py, "-I", "-S", "-c", code], capture_output=True, text=True,
                         timeout=30)
