@@ -5,6 +5,7 @@
 ``list``  the mappings installed on this node, read over netlink.
 ``plan``  dry-run: decode a CNI config from stdin and print the plan and the
           objects of the transaction, changing nothing.
+``restore``  re-program recorded attachments whose objects are missing (nlportmap.restore)
 ``daemon``  serve plugin requests from a resident process (see nlportmap.daemon)
 ``install`` write the fast launcher into a CNI bin dir (see nlportmap.launcher)
 ``version``
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--container-id", default="dry-run", help="CNI_CONTAINERID to plan for (default: dry-run)")
     pl.add_argument("--ifname", default="eth0",
                     help="CNI_IFNAME: picks the container IPs in prevResult (default: eth0)")
+    rs = sub.add_parser("restore", help="re-program every recorded attachment whose objects are missing "
+                                        "(after a firewall flush or reload; both backends)")
+    rs.add_argument("--json", action="store_true", help="print what was restored as JSON (a list of objects)")
+    rs.add_argument("--dry-run", action="store_true", help="only say what is missing; change nothing")
     dm = sub.add_parser("daemon", help="serve plugin requests from a resident process (root; see docs/performance.md)")
     dm.add_argument("--socket", default=None,
                     help="Unix socket path (default: $NLPORTMAP_SOCKET or /run/nlportmap/daemon.sock)")
@@ -71,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                     help="exit after this long without a request (default: 60 when socket-activated, "
                          "else never; 0: never)")
+    dm.add_argument("--no-heal", action="store_true",
+                    help="do not restore recorded mappings when nftables notifications show them "
+                         "deleted (also: NLPORTMAP_HEAL=0)")
     ins = sub.add_parser("install", help="write the fast CNI launcher (bound to this interpreter) into a CNI bin dir",
                          description="Byte-compile the package, write the -I -S launcher bound to this "
                                      "interpreter to DIR/NAME, and run CNI VERSION through it. Refuses to "
@@ -200,6 +208,9 @@ def _main(argv: list[str]) -> int:
         return cmd_list(args)
     if args.cmd == "plan":
         return cmd_plan(args)
+    if args.cmd == "restore":
+        from .restore import main as restore_main
+        return restore_main(args.json, args.dry_run)
     if args.cmd == "install":
         from .launcher import InstallError, install
         try:
@@ -210,7 +221,8 @@ def _main(argv: list[str]) -> int:
         return 0
     if args.cmd == "daemon":
         from .daemon import main as daemon_main
-        return daemon_main(args.socket, args.mode, args.max_clients, args.verbose, args.idle_exit)
+        return daemon_main(args.socket, args.mode, args.max_clients, args.verbose, args.idle_exit,
+                           heal=not args.no_heal)
     if args.cmd == "demo":
         if os.geteuid() != 0:
             print("nlportmap demo: needs root (it creates network namespaces)", file=sys.stderr)

@@ -77,6 +77,7 @@ __all__ = ["PER_REQUEST_ENV", "Abandoned", "Daemon", "main"]
 PER_REQUEST_ENV = frozenset({
     "NLPORTMAP_SOCKET", "NLPORTMAP_DAEMON_DEADLINE", "NLPORTMAP_DAEMON_TIMEOUT",
     "NLPORTMAP_TIMINGS_FILE", "NLPORTMAP_DEBUG",
+    "NLPORTMAP_HEAL",  # the daemon's own switch (nlportmap.heal), not a request's
 })
 REQUEST_READ_TIMEOUT = 10.0
 PROBE_TTL = 10.0
@@ -596,8 +597,24 @@ def _inherited_listener() -> socket.socket | None:
     return s
 
 
+def _start_healer(flag: bool):
+    """The self-healing thread (:mod:`nlportmap.heal`), unless switched off."""
+    from .heal import Healer, enabled
+    if not enabled(flag):
+        _log("self-healing off (--no-heal or NLPORTMAP_HEAL=0)")
+        return None
+    try:
+        h = Healer(_log)
+    except OSError as e:  # no nf_tables here: nothing to listen to
+        _log(f"self-healing off: cannot subscribe to nftables notifications: {e.strerror or e}")
+        return None
+    h.start()
+    _log("self-healing on: restoring recorded mappings when nftables reports them deleted")
+    return h
+
+
 def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 128,
-         verbose: bool = False, idle_exit: float | None = None) -> int:
+         verbose: bool = False, idle_exit: float | None = None, heal: bool = True) -> int:
     """Run the daemon until SIGTERM/SIGINT (or, socket-activated, until idle).
 
     Returns 1 with a one-line error on stderr when it cannot serve; the warm-up's event
@@ -607,6 +624,7 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
         return 1
     path = socket_path or os.environ.get("NLPORTMAP_SOCKET") or DEFAULT_SOCKET
     d = None
+    healer = None
     serving = False
     try:
         inherited = _inherited_listener()
@@ -628,6 +646,7 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
         idle = f", idle exit {idle_exit:g}s" if idle_exit else ""
         _log(f"listening on {d.path} ({how}pid {os.getpid()}, netns inode {d.netns[1]}, "
              f"warm-up {(time.perf_counter() - t) * 1000:.0f} ms{idle})")
+        healer = _start_healer(heal)
         serving = True
         d.serve_forever()
     except StartupError as e:
@@ -640,6 +659,8 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
         return 1
     finally:
         sys.stderr = sys.__stderr__
+        if healer is not None:
+            healer.stop()
         if d is not None:
             d.close()  # also stops the event loop thread, which would keep the process alive
             if serving:

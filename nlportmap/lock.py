@@ -180,7 +180,9 @@ class netns_lock:
     an untrusted or unusable lock directory.  When the lock file cannot be created
     (read-only or full file system), the body runs unlocked and every write inside it
     raises :class:`LockUnavailable` (see the module doc).  A guard installed with
-    :func:`set_guard` runs once the lock is held.  (A class, not ``contextlib``: ~2 ms
+    :func:`set_guard` runs once the lock is held.  Re-entrant per thread: entering it
+    again for the same namespace (e.g. a transaction inside an ADD that already holds
+    it around its record, :mod:`nlportmap.records`) is a no-op.  (A class, not ``contextlib``: ~2 ms
     of a cold start.)
     """
 
@@ -188,9 +190,14 @@ class netns_lock:
         self.timeout = timeout
         self._fd: int | None = None
         self._prev: str | None = None
+        self._nested = False
+        self._prev_held: str | None = None
 
     def __enter__(self) -> str:
         path = lock_path()
+        if getattr(_tls, "held", None) == path:  # this thread holds it already: re-entered
+            self._nested = True
+            return path
         d, _, name = path.rpartition("/")
         d = d or "/"
         fd = None
@@ -213,6 +220,7 @@ class netns_lock:
         self._fd = fd
         self._prev = getattr(_tls, "unlocked", None)
         _tls.unlocked = why
+        self._prev_held, _tls.held = getattr(_tls, "held", None), path
         if _guard is not None:
             try:
                 _guard()
@@ -235,7 +243,11 @@ class netns_lock:
                 delay = min(delay * 2, 0.02)
 
     def __exit__(self, *exc: object) -> None:
+        if self._nested:
+            self._nested = False
+            return
         _tls.unlocked = self._prev
+        _tls.held = self._prev_held
         if self._fd is not None:
             posix.close(self._fd)  # closing releases the flock
             self._fd = None

@@ -115,7 +115,10 @@ class Plugin:
             if getattr(backend, "name", "") == "nftables":  # iptables: kube-proxy's ACCEPT comes first
                 plan = self.last_plan = self._with_proxy_vips(req.conf, plan)
                 t = self._lap("proxy_vips", t)
-            backend.forward(plan, req.conf.conflictPolicy or "replace")
+            from .records import Recorded  # written before the commit (nlportmap.records)
+            with Recorded(plan, req.conf, getattr(backend, "name", "nftables")):
+                t = self._lap("record", t)
+                backend.forward(plan, req.conf.conflictPolicy or "replace")
             t = self._lap("transaction", t)
             if plan.conntrack_flush or plan.route_localnet_ip:
                 if self._cold:
@@ -167,13 +170,15 @@ class Plugin:
             prev = None
         plan = self._plan(req, prev)
         t = self._lap("plan", t)
-        if self._owns_nothing(plan):  # e.g. containerd's second DEL: lookups by name, nothing else
+        from .records import Unrecorded, exists
+        if self._owns_nothing(plan) and not exists(plan.owner):  # e.g. containerd's second DEL
             self._lap("presence", t)
             self._report("DEL")
             return
         t = self._lap("presence", t)
         backend = self.backend_for(req.conf)
-        backend.unforward(plan)
+        with Unrecorded(plan.owner):  # the record goes after the transaction, under the same lock
+            backend.unforward(plan)
         t = self._lap("transaction", t)
         if getattr(backend, "name", "") != "nftables":
             self._cleanup_nftables(plan)
@@ -249,8 +254,12 @@ class Plugin:
         valid = {Owner(a.containerID, a.ifname).tag for a in (req.conf.valid_attachments or ())}
         from .backends import all_backends
         started_ms = int(self._wall0 * 1000)
-        for b in all_backends(req.conf):
-            b.gc(valid, req.conf.name, started_ms=started_ms)
+        from .lock import netns_lock
+        from .restore import gc_records
+        with netns_lock():  # objects, then records, in one hold: a restore never sees half
+            for b in all_backends(req.conf):
+                b.gc(valid, req.conf.name, started_ms=started_ms)
+            gc_records(valid, req.conf.name, started_ms)
 
     def status(self, req) -> None:
         """STATUS (CNI 1.1): succeed iff the backend this config would use is usable."""

@@ -22,3 +22,9 @@ if "NLPORTMAP_LOCK_DIR" not in os.environ:
     _LOCKS = tempfile.mkdtemp(prefix="nlpm-test-locks-")
     os.environ["NLPORTMAP_LOCK_DIR"] = _LOCKS
     atexit.register(shutil.rmtree, _LOCKS, True)
+
+# Per-attachment records (nlportmap.records) likewise: a private state directory.
+if "NLPORTMAP_STATE_DIR" not in os.environ:
+    _STATE = tempfile.mkdtemp(prefix="nlpm-test-state-")
+    os.environ["NLPORTMAP_STATE_DIR"] = _STATE
+    atexit.register(shutil.rmtree, _STATE, True)

@@ -60,7 +60,8 @@ class Env:
 
     def base_env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "NLPORTMAP_"))}
-        env.update(NLPORTMAP_SOCKET=self.sock, NLPORTMAP_LOCK_DIR=self.lockdir)
+        env.update(NLPORTMAP_SOCKET=self.sock, NLPORTMAP_LOCK_DIR=self.lockdir,
+                   NLPORTMAP_STATE_DIR=os.path.join(self.dir, "state"))
         return env
 
     def start_daemon(self, *extra: str, env: dict | None = None, python: tuple = ("-m", "nlportmap"),
@@ -264,7 +265,8 @@ def _refused_as_nobody(env, py, src, repo):
             "from nlportmap import shim\n"
             "try:\n"
             f"    shim.exchange({env.sock!r}, shim.encode_request({{b'CNI_COMMAND': b'VERSION',\n"
-            f"                  b'NLPORTMAP_LOCK_DIR': {env.lockdir.encode()!r}}}, b''))\n"
+            f"                  b'NLPORTMAP_LOCK_DIR': {env.lockdir.encode()!r},\n"
+            f"                  b'NLPORTMAP_STATE_DIR': {os.path.join(env.dir, 'state').encode()!r}}}, b''))\n"
             "    print('SERVED')\n"
             "except shim.Fallback as e:\n"
             "    print('FALLBACK', e)\n")

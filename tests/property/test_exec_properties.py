@@ -30,6 +30,8 @@ pytestmark = pytest.mark.root
 
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "NLPORTMAP_"))}
 BASE_ENV["NLPORTMAP_SOCKET"] = "off"
+if "NLPORTMAP_STATE_DIR" in os.environ:  # the suite's private record dir (tests/conftest.py)
+    BASE_ENV["NLPORTMAP_STATE_DIR"] = os.environ["NLPORTMAP_STATE_DIR"]
 
 
 def exec_plugin(node, env: dict, stdin: bytes):
