@@ -159,3 +159,17 @@ def backend_status(conf: Conf) -> None:
             return
         reasons.append(f"{n}: {r}")
     raise NotAvailable("no usable backend: " + "; ".join(reasons))
+
+
+def with_proxy_vips(conf: Conf, plan: Plan) -> Plan:
+    """``plan`` with the addresses now on ``conf.service_proxy_interfaces`` (the nftables
+    backend's ADD and restore refresh the ``proxy_vips`` set with them).  A failed read
+    raises KernelError: going on would leave a new ClusterIP capturable."""
+    from .proxyvips import proxy_addresses
+    try:
+        vips = proxy_addresses(conf.service_proxy_interfaces)
+    except OSError as e:
+        from .errors import KernelError
+        raise KernelError(f"could not read the addresses of serviceProxyInterfaces: {e}") from e
+    new: Plan = plan.replace(proxy_vips=vips)  # type: ignore[assignment]
+    return new

@@ -113,7 +113,8 @@ class Plugin:
             backend = self.backend_for(req.conf)
             t = self._lap("backend_select", t)
             if getattr(backend, "name", "") == "nftables":  # iptables: kube-proxy's ACCEPT comes first
-                plan = self.last_plan = self._with_proxy_vips(req.conf, plan)
+                from .backends import with_proxy_vips
+                plan = self.last_plan = with_proxy_vips(req.conf, plan)
                 t = self._lap("proxy_vips", t)
             from .records import Recorded  # written before the commit (nlportmap.records)
             with Recorded(plan, req.conf, getattr(backend, "name", "nftables")):
@@ -130,19 +131,6 @@ class Plugin:
                 t = self._lap("side_effects", t)
         self._report("ADD")
         return prev
-
-    @staticmethod
-    def _with_proxy_vips(conf, plan):
-        """``plan`` with the addresses now on ``serviceProxyInterfaces`` (ADD refreshes the
-        nftables ``proxy_vips`` set with them).  A failed read fails ADD: going on would
-        leave a new ClusterIP capturable."""
-        from .proxyvips import proxy_addresses
-        try:
-            vips = proxy_addresses(conf.service_proxy_interfaces)
-        except OSError as e:
-            from .errors import KernelError
-            raise KernelError(f"could not read the addresses of serviceProxyInterfaces: {e}") from e
-        return plan.replace(proxy_vips=vips)
 
     def run_async(self, fn, *args):
         """Run coroutine function ``fn`` to completion (a fresh anyio event loop; the

@@ -221,12 +221,12 @@ def restore(dry_run: bool = False, backends: tuple[str, ...] = ("nftables", "ipt
                     # record's serviceProxyInterfaces): a flushed proxy_vips set would let
                     # mappings without hostIP capture ClusterIPs
                     newest = [r for r in recs[i:] if r.get("backend") == "nftables"][-1]
-                    from .plugin import Plugin
+                    from .backends import with_proxy_vips
                     try:
                         vconf = plan_of(newest)[1]
                     except Exception:  # noqa: BLE001
                         vconf = conf
-                    plan = Plugin._with_proxy_vips(vconf, plan)
+                    plan = with_proxy_vips(vconf, plan)
                     vips_done = True
                 row["ops"] = b.forward(plan, "replace")
                 retaken |= keys
