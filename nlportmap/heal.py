@@ -120,7 +120,7 @@ class Healer(threading.Thread):
                 rows = restore(backends=tuple(sorted(which)), log=self._log)
             else:
                 rows = self._restore(backends=tuple(sorted(which)))
-        except Exception as e:  # noqa: BLE001 - the daemon goes on; the next damage retries
+        except Exception as e:
             self._log(f"heal: restore failed: {type(e).__name__}: {getattr(e, 'msg', None) or e}")
             return
         if rows:

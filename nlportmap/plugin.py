@@ -211,7 +211,7 @@ class Plugin:
                     b.unforward(plan)
             finally:
                 b.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             sys.stderr.write(f"nlportmap: warning: could not remove nftables state: {e}\n")
 
     @staticmethod
@@ -225,7 +225,7 @@ class Plugin:
             name = getattr(backend, "name", "")
             cleanup_upstream(plan.owner, iptables=name != "iptables",
                              sock=getattr(backend, "sock", None) if name == "nftables" else None)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             sys.stderr.write(f"nlportmap: warning: could not remove upstream portmap state: {e}\n")
 
     def check(self, req) -> None:

@@ -316,7 +316,7 @@ class Recorded:
         self._args = (plan, conf, backend)
         self._undo = None
 
-    def __enter__(self) -> Recorded:  # noqa: PYI034
+    def __enter__(self) -> Recorded:
         self._lock.__enter__()
         try:
             import time
@@ -350,7 +350,7 @@ class Unrecorded:
         self._lock = netns_lock()
         self._owner = owner
 
-    def __enter__(self) -> Unrecorded:  # noqa: PYI034
+    def __enter__(self) -> Unrecorded:
         self._lock.__enter__()
         return self
 

@@ -195,7 +195,7 @@ def restore(dry_run: bool = False, backends: tuple[str, ...] = ("nftables", "ipt
             for i, rec in enumerate(recs):
                 try:
                     plan, conf = plan_of(rec)
-                except Exception as e:  # noqa: BLE001 - one bad record must not stop the others
+                except Exception as e:
                     if log is not None:
                         log(f"record of {rec.get('containerID')}/{rec.get('ifname')}: cannot rebuild its plan: {e}")
                     continue
@@ -224,7 +224,7 @@ def restore(dry_run: bool = False, backends: tuple[str, ...] = ("nftables", "ipt
                     from .backends import with_proxy_vips
                     try:
                         vconf = plan_of(newest)[1]
-                    except Exception:  # noqa: BLE001
+                    except Exception:
                         vconf = conf
                     plan = with_proxy_vips(vconf, plan)
                     vips_done = True
@@ -245,7 +245,7 @@ def main(json_out: bool = False, dry_run: bool = False) -> int:
     t = time.perf_counter()
     try:
         rows = restore(dry_run=dry_run, log=lambda m: print(f"nlportmap restore: {m}", file=sys.stderr))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         msg = getattr(e, "msg", None) or str(e)
         print(f"nlportmap restore: {msg}", file=sys.stderr)
         return 1
