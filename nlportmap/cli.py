@@ -18,9 +18,10 @@ import os
 import sys
 
 from . import __version__
+from .versions import SUPPORTED_VERSIONS
 
 ABOUT = ("CNI portmap plugin nlportmap " + __version__ + "\n"
-         "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0\n")
+         "CNI protocol versions supported: " + ", ".join(SUPPORTED_VERSIONS) + "\n")
 
 
 def _octal_mode(text: str) -> int:
@@ -137,23 +138,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .config import check_backend_conflict, parse_config
     from .errors import CNIError, InvalidConfig, error_json
     from .plan import Owner, make_plan
-    from .result import container_ips, decode_prev_result
     try:
-        from .skel import validate_container_id, validate_ifname
+        from .skel import decode_json, validate_container_id, validate_ifname
         validate_container_id(args.container_id)
         validate_ifname(args.ifname)
         raw = sys.stdin.buffer.read()
-        try:
-            if isinstance(json.loads(raw or b"null"), dict) and "plugins" in json.loads(raw):
-                raise InvalidConfig("plan: this is a conflist; give the portmap plugin's entry as a runtime "
-                                    "would send it (with name, cniVersion, runtimeConfig and prevResult)")
-        except ValueError:
-            pass  # parse_config reports the JSON error
-        conf = parse_config(raw, "ADD")
+        obj = decode_json(raw, "failed to parse config: failed to parse network configuration: ")
+        if isinstance(obj, dict) and "plugins" in obj:
+            raise InvalidConfig("plan: this is a conflist; give the portmap plugin's entry as a runtime "
+                                "would send it (with name, cniVersion, runtimeConfig and prevResult)")
+        conf = parse_config(obj if isinstance(obj, dict) or obj is None else raw, "ADD")
         if conf.prevResult is None:
             raise InvalidConfig("plan: no prevResult (ADD would fail: must be called as chained plugin)")
-        prev = decode_prev_result(conf.prevResult, conf.cniVersion)
-        plan = make_plan(conf, container_ips(prev, args.ifname), Owner(args.container_id, args.ifname, conf.name))
+        plan = make_plan(conf, conf.container_ips(args.ifname), Owner(args.container_id, args.ifname, conf.name))
         backend = conf.backend or ("iptables" if _iptables_specific(conf) else "nftables")
         check_backend_conflict(conf, backend)
     except CNIError as e:
