@@ -72,6 +72,10 @@ def reg32(n: int) -> int:
     return 8 + n
 
 
+# enum nft_table_attributes; table flags (enum nft_table_flags)
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_USERDATA = 1, 2, 6
+NFT_TABLE_F_DORMANT, NFT_TABLE_F_OWNER = 0x1, 0x2
+
 NFT_JUMP, NFT_GOTO, NFT_RETURN, NF_DROP, NF_ACCEPT = -3, -4, -5, 0, 1
 HOOK = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 NFT_DATA_VERDICT = 0xFFFFFF00           # verdict-map data type (kernel, not nft's id 1)
@@ -175,6 +179,17 @@ def flush_set(family: int, tbl: str, set_name: str) -> Op:
     return DELSETELEM, 0, RawMsg(family, (tbl, set_name), _nlstr(1, tbl) + _nlstr(2, set_name))
 
 
+def new_table(family: int, tbl: str, comment: str | None = None, flags: int = 0) -> Op:
+    """NEWTABLE (``add``: creates the table, or updates an existing one) with explicit
+    NFTA_TABLE_FLAGS: on an existing table ``flags 0`` clears ``dormant`` (in the caller's
+    batch, so atomically with it); the comment is nftnl udata (type 0), as ``nft`` writes it."""
+    a = _nlstr(NFTA_TABLE_NAME, tbl) + nla(NFTA_TABLE_FLAGS, struct.pack("!I", flags))
+    if comment:
+        c = comment.encode() + b"\0"
+        a += nla(NFTA_TABLE_USERDATA, bytes((0, len(c))) + c)
+    return NEWTABLE, NLM_F_CREATE | NLM_F_APPEND, RawMsg(family, (tbl,), a)
+
+
 def op_name(op: Op) -> str:
     """Human name of an op for error messages, e.g. ``NEWSETELEM ip nlportmap/hostports``."""
     mtype, _, msg = op
@@ -273,6 +288,36 @@ def parse_elems(msg: bytes) -> list[Elem]:
         data = attrs(a[2]).get(1) if 2 in a else None
         out.append(Elem(key, data, udata_comment(a.get(6))))
     return out
+
+
+class TableInfo:
+    """A table as read back (GETTABLE): its flags and its comment (udata or raw userdata)."""
+
+    __slots__ = ("flags", "comment")
+
+    def __init__(self, flags: int, comment: str | None) -> None:
+        self.flags = flags
+        self.comment = comment
+
+    @property
+    def dormant(self) -> bool:
+        return bool(self.flags & NFT_TABLE_F_DORMANT)
+
+    @staticmethod
+    def parse(raw: bytes) -> "TableInfo":
+        a = attrs(raw, 20)
+        flags = struct.unpack("!I", a[NFTA_TABLE_FLAGS][:4])[0] if NFTA_TABLE_FLAGS in a else 0
+        ud = a.get(NFTA_TABLE_USERDATA)
+        comment = udata_comment(ud)
+        if comment is None and ud:  # userdata that is not a TLV list: show it raw
+            comment = ud.rstrip(b"\0").decode(errors="replace")
+        return TableInfo(flags, comment)
+
+
+def table_get(family: int, tbl: str, seq: int) -> bytes:
+    """A GETTABLE request (one table, not a dump)."""
+    body = struct.pack("!BBH", family, 0, 0) + _nlstr(NFTA_TABLE_NAME, tbl)
+    return _header(len(body), GETTABLE, NLM_F_REQUEST, seq) + body
 
 
 class RuleInfo:
@@ -482,15 +527,29 @@ class NetfilterSocket:
         return out
 
     def table_inventory(self, family: int, tbl: str, sets: bool = True):
-        """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``) of a
-        table, or None if the table is missing.  A dump of its rules (and one of its sets:
-        a netlink socket runs one dump at a time), never of elements: O(1) in the number
-        of mappings."""
+        """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``,
+        :class:`TableInfo`) of a table, or None if the table is missing.  One GETTABLE and a
+        dump of its rules in one write (and one dump of its sets: a netlink socket runs one
+        dump at a time), never of elements: O(1) in the number of mappings."""
         out = []
+        info = None
         for mtype in ((GETRULE, GETSET) if sets else (GETRULE,)):
+            reqs, seqs = [], []
+            if info is None:
+                seqs.append(self.next_seq())
+                reqs.append(table_get(family, tbl, seqs[-1]))
             seq = self.next_seq()
             body = struct.pack("!BBH", family, 0, 0) + _nlstr(1, tbl)  # NFTA_RULE_TABLE / NFTA_SET_TABLE
-            r = self.request([_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body], [seq])[seq]
+            reqs.append(_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body)
+            res = self.request(reqs, seqs + [seq])
+            if info is None:
+                t = res[seqs[0]]
+                if isinstance(t, int):
+                    if t == _errno.ENOENT:
+                        return None
+                    raise OSError(t, posix.strerror(t))
+                info = TableInfo.parse(t[0])
+            r = res[seq]
             if isinstance(r, int):
                 if r == _errno.ENOENT:
                     return None
@@ -501,7 +560,23 @@ class NetfilterSocket:
             a = attrs(m, 20)
             chains.setdefault(a.get(2, b"").rstrip(b"\0").decode(), []).append(udata_comment(a.get(7)))
         names = {attrs(m, 20).get(2, b"").rstrip(b"\0").decode() for m in out[1]} if sets else None
-        return chains, names
+        return chains, names, info
+
+    def tables(self, queries: list[tuple[int, str]]) -> list:
+        """Per (family, table): its :class:`TableInfo`, or None if missing.  Single GETTABLE
+        lookups, all in one write."""
+        seqs = [self.next_seq() for _ in queries]
+        res = self.request([table_get(f, t, s) for (f, t), s in zip(queries, seqs)], seqs)
+        out = []
+        for seq in seqs:
+            r = res[seq]
+            if isinstance(r, int):
+                if r != _errno.ENOENT:
+                    raise OSError(r, f"get table: {posix.strerror(r)}")
+                out.append(None)
+            else:
+                out.append(TableInfo.parse(r[0]))
+        return out
 
     def dump_elems(self, family: int, tbl: str, set_name: str) -> list[Elem] | None:
         """All elements of a set (None if the table/set does not exist). O(n): off the hot path."""
