@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULT_MARK_BIT", "DEFAULT_SERVICE_PROXY_INTERFACES", "IFNAME_MAX", "ifname_problem", "BACKENDS", "PROTOCOLS", "CONFLICT_POLICIES", "LISTENER_POLICIES", "PORT_MIN",
-    "PORT_MAX", "VALID_ATTACHMENTS", "LEGACY_ATTACHMENTS", "TOP_KEYS", "MAPPING_KEYS",
+    "PORT_MAX", "MAX_PORT_MAPPINGS", "VALID_ATTACHMENTS", "LEGACY_ATTACHMENTS", "TOP_KEYS", "MAPPING_KEYS",
     "ConfMixin", "FastConf", "decode_fast", "condition_style", "backend_specific_options",
     "check_backend_conflict", "conflict_error", "command_prefix",
 ]
@@ -46,6 +46,10 @@ CONFLICT_POLICIES = ("replace", "reject")
 LISTENER_POLICIES = ("ignore", "reject")
 #: Valid TCP/UDP/SCTP port range (host byte order).
 PORT_MIN, PORT_MAX = 1, 65535
+#: Most ``runtimeConfig.portMappings`` entries one ADD accepts (more: code 7).  At this
+#: limit a dual-stack ADD or DEL takes well under a second and its one atomic batch stays
+#: far below what the netlink socket takes (README "Limits"); DEL accepts any number.
+MAX_PORT_MAPPINGS = 1024
 #: Default ``serviceProxyInterfaces``: where kube-proxy (IPVS mode) and kube-router put
 #: Service ClusterIPs (dummy interfaces; see nlportmap.proxyvips).
 DEFAULT_SERVICE_PROXY_INTERFACES = ("kube-ipvs0", "kube-dummy-if")
@@ -378,8 +382,8 @@ def _decode(obj: dict, command: str) -> FastConf:
             for rk, rv in value.items():
                 if rv is None or _fold(rk) != "portmappings":
                     continue
-                if type(rv) is not list:
-                    raise _Defer
+                if type(rv) is not list or len(rv) > MAX_PORT_MAPPINGS:
+                    raise _Defer  # (too many: the decoder of record refuses, or DEL drops them)
                 mappings = [_mapping(m) for m in rv]  # last spelling wins, as in Go
         elif key == "prevResult":
             if type(value) is not dict:

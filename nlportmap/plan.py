@@ -476,17 +476,16 @@ def make_plan(conf, container_ips: dict, owner: Owner) -> Plan:
                 if fam == 4:
                     masqs.append(Masq(fam, "127.0.0.1", cip))
         for m in mappings:
-            if m.protocol.lower() in ("udp", "sctp") and (fam, m.protocol.lower(), m.hostPort) not in flush:
+            if m.protocol.lower() in ("udp", "sctp"):
                 flush.append((fam, m.protocol.lower(), m.hostPort))
-    host_keys: list = []
+    flush = list(dict.fromkeys(flush))  # first occurrences, in order (O(n))
+    host_keys: dict = {}
     for fam in (4, 6):
         for m in mappings:
             hip = _norm_host_ip(m.hostIP, fam)
             if hip is False:
                 continue
-            k = (fam, m.protocol.lower(), hip, m.hostPort)
-            if k not in host_keys:
-                host_keys.append(k)
+            host_keys.setdefault((fam, m.protocol.lower(), hip, m.hostPort), None)
     v4 = cidrs.get(4)
     route_ip = (addr.canonical(4, addr.parse_interface(v4)[1])
                 if (v4 and conf.snat and any(f.family == 4 for f in forwards)) else None)

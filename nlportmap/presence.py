@@ -81,6 +81,7 @@ def owns_nothing(sock: W.NetfilterSocket, plan: Plan) -> bool:
         f = W.FAMILY[fam]
         mine[fam] = sock.next_seq()
         reqs.append(W.table_get(f, L.TABLE, mine[fam]))
+        seqs.append(mine[fam])
         for h in hashes:
             ask(f, W.GETSETELEM, table + W._nlstr(2, L.OWNED) + W.nla(3, W._elem(L.record_key(h, 0), None, None)), fam)
         ask(f, W.GETTABLE, W._nlstr(1, UPSTREAM_TABLE))
@@ -94,7 +95,7 @@ def owns_nothing(sock: W.NetfilterSocket, plan: Plan) -> bool:
             ask(W.FAMILY[fam], W.GETSETELEM, table + W._nlstr(2, L.CLAIMS)
                 + W.nla(3, W._elem(L.claim_key(proto, hip, port, h), None, None)), fam)
     try:
-        res = sock.request(reqs, seqs + list(mine.values()))
+        res = sock.request(reqs, seqs)
     except OSError:
         return False
     foreign = set()
@@ -106,8 +107,9 @@ def owns_nothing(sock: W.NetfilterSocket, plan: Plan) -> bool:
             foreign.add(fam)  # no table: nothing of ours (its lookups answer ENOENT anyway)
         elif L.foreign_table(W.TableInfo.parse(r[0])):
             foreign.add(fam)  # not our table: its sets hold nothing of ours, whatever they answer
+    tables = set(mine.values())
     for seq in seqs:
-        if ours.get(seq) in foreign:
+        if seq in tables or ours.get(seq) in foreign:
             continue
         r = res[seq]
         if isinstance(r, int):

@@ -166,9 +166,9 @@ class NftBackend:
         older format's (:attr:`Owner.legacy_hash`), so state of older releases is found."""
         return [(h, fam) for h in (owner.hash, owner.legacy_hash) for fam in fams]
 
-    def _manifest_queries(self, heads: list, first: int = 0) -> list:
+    def _manifest_queries(self, heads: list, first: int = 0, n: int = MANIFEST_BATCH) -> list:
         return [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(h, first + i))
-                for h, fam in heads for i in range(self.MANIFEST_BATCH)]
+                for h, fam in heads for i in range(n)]
 
     def _manifest(self, owner: Owner, got: list | None = None, fams=(4, 6)) -> dict[int, list]:
         """``{fam: [(record key, (proto, host_ip, port, pod_ip)), ...]}``: what ``owner``
@@ -178,20 +178,21 @@ class NftBackend:
         answers to ``_manifest_queries(_manifest_heads(owner))`` when the caller sent them
         with its own gets."""
         out: dict[int, list] = {4: [], 6: []}
-        heads, first = self._manifest_heads(owner, fams), 0
+        heads, first, n = self._manifest_heads(owner, fams), 0, self.MANIFEST_BATCH
         while heads:
             if got is None:
-                got = self.sock.get_elems(self._manifest_queries(heads, first))
+                got = self.sock.get_elems(self._manifest_queries(heads, first, n))
             more = []
             for j, (h, fam) in enumerate(heads):
-                for i, e in enumerate(got[j * self.MANIFEST_BATCH:(j + 1) * self.MANIFEST_BATCH]):
+                for i, e in enumerate(got[j * n:(j + 1) * n]):
                     if e is None or not e.data:
                         break
                     if owner.owns(e.comment):
                         out[fam].append((L.record_key(h, first + i), L.parse_record(fam, e.data)))
                 else:
                     more.append((h, fam))
-            heads, first, got = more, first + self.MANIFEST_BATCH, None
+            # a long manifest is read in growing batches: ~log(slots) round trips
+            heads, first, got, n = more, first + n, None, min(4 * n, 1024)
         return out
 
     def _release(self, owner: Owner, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:

@@ -424,6 +424,14 @@ class NetfilterSocket:
     def commit(self, ops: list, genid: int | None = None) -> None:
         """Send ``ops`` as one atomic transaction; raise :class:`NftError` on refusal.
 
+        One write: nf_tables takes a transaction only whole, from BATCH_BEGIN to BATCH_END
+        in one message buffer (a batch split over writes is aborted), and processes it
+        inside that write, then queues one acknowledgement per op.  So its size is bounded
+        by the send buffer (``sndbuf``, 4 MiB asked) and the acknowledgements by the
+        receive buffer: callers keep batches to element messages of at most 200 elements
+        (~50 per 1,000 mappings), and the mapping limit (``netconf.MAX_PORT_MAPPINGS``)
+        keeps one request's batch to tens of messages and well under a MiB.
+
         With ``genid`` the kernel refuses the batch (ERESTART, op index -1) if
         the ruleset changed since that generation.
         """
@@ -455,31 +463,41 @@ class NetfilterSocket:
             errs.sort()
             raise NftError(errs, [op_name(o) for o in ops])
 
-    def request(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list]:
-        """Send already-encoded non-batch requests in one write; collect replies by seq.
+    #: Most requests in flight in :meth:`request`.  Every reply is its own skb of ~4-8 KiB
+    #: truesize in our receive buffer; thousands sent in one write overran it (ENOBUFS,
+    #: issue 12.7).  256 replies stay far below the buffer we ask for (4 MiB).
+    WINDOW = 256
 
+    def request(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list]:
+        """Send already-encoded non-batch requests; collect replies by seq.
+
+        At most :data:`WINDOW` requests are in flight: one write per window, whose
+        replies are read before the next window goes out (one write in the usual case).
+        ``seqs[i]`` is the sequence number of ``reqs[i]``.
         Returns {seq: [raw messages]} where an error reply is stored as an int errno.
         A dump ends at NLMSG_DONE; a plain get ends with its one reply.
         """
-        self.sock.send(b"".join(reqs))
         out: dict[int, list] = {s: [] for s in seqs}
-        pending = set(seqs)
-        for typ, flg, sq, raw in self.messages(time.monotonic() + self.timeout):
-            if sq not in pending:
-                continue
-            if typ == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", raw, 16)[0]
-                if code:
-                    out[sq] = code  # type: ignore[assignment]
-                pending.discard(sq)
-            elif typ == NLMSG_DONE:
-                pending.discard(sq)
-            else:
-                out[sq].append(raw)
-                if not flg & NLM_F_MULTI:
+        for i in range(0, len(reqs), self.WINDOW):
+            wreqs, wseqs = reqs[i:i + self.WINDOW], seqs[i:i + self.WINDOW]
+            self.sock.send(b"".join(wreqs))
+            pending = set(wseqs)
+            for typ, flg, sq, raw in self.messages(time.monotonic() + self.timeout):
+                if sq not in pending:
+                    continue
+                if typ == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", raw, 16)[0]
+                    if code:
+                        out[sq] = code  # type: ignore[assignment]
                     pending.discard(sq)
-            if not pending:
-                break
+                elif typ == NLMSG_DONE:
+                    pending.discard(sq)
+                else:
+                    out[sq].append(raw)
+                    if not flg & NLM_F_MULTI:
+                        pending.discard(sq)
+                if not pending:
+                    break
         return out
 
     def get_elems(self, queries: list[tuple[int, str, str, bytes]]) -> list:
