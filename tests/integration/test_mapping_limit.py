@@ -11,10 +11,9 @@ import json
 import time
 
 import pytest
-
+from netns_fixtures import echo_server, tcp_probe
 from nlpm_helpers import netconf, prev_result
 
-from netns_fixtures import echo_server, tcp_probe
 from nlportmap.netconf import MAX_PORT_MAPPINGS
 
 pytestmark = pytest.mark.root
@@ -42,7 +41,8 @@ def timed(node, command, conf, **kw):
 
 def test_limit_is_documented():
     assert MAX_PORT_MAPPINGS == 1024
-    assert "1024" in open("README.md").read()
+    with open("README.md") as f:
+        assert "At most 1024 `portMappings`" in f.read()
 
 
 @pytest.mark.parametrize("n", [MAX_PORT_MAPPINGS + 1, 3000, 70000])

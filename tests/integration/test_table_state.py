@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from nlpm_helpers import netconf, port_mapping, prev_result
-
 from netns_fixtures import echo_server, tcp_probe
+from nlpm_helpers import netconf, port_mapping, prev_result
 
 pytestmark = pytest.mark.root
 
