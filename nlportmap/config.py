@@ -54,7 +54,8 @@ import msgspec
 from .errors import CNIError, DecodeFailure, InvalidConfig
 from .gojson import canonical_keys, json_type
 from .netconf import (BACKENDS, CONFLICT_POLICIES, DEFAULT_MARK_BIT, DEFAULT_SERVICE_PROXY_INTERFACES,
-                      LEGACY_ATTACHMENTS, LISTENER_POLICIES, PORT_MAX, PORT_MIN, PROTOCOLS, VALID_ATTACHMENTS,
+                      LEGACY_ATTACHMENTS, LISTENER_POLICIES, MAX_PORT_MAPPINGS, PORT_MAX, PORT_MIN, PROTOCOLS,
+                      VALID_ATTACHMENTS,
                       ConfMixin, backend_specific_options, ifname_problem,
                       check_backend_conflict, command_prefix, condition_style, conflict_error,
                       parse_family_conditions)
@@ -411,6 +412,14 @@ def parse_config(data: bytes | str | dict[str, Any], command: str) -> NetConf:
                                 f'(backend must be "nftables" or "iptables")')
 
     mappings = conf.runtimeConfig.portMappings
+    if len(mappings) > MAX_PORT_MAPPINGS:
+        problem = (f"runtimeConfig.portMappings: {len(mappings)} mappings, more than the "
+                   f"{MAX_PORT_MAPPINGS} nlportmap accepts for one attachment")
+        if not lenient:
+            raise InvalidConfig(prefix + problem)
+        # DEL: what the attachment holds comes from its records in the kernel, not from them
+        warnings.append(f"{problem}; mappings ignored for DEL")
+        mappings = conf.runtimeConfig.portMappings = []
     for i, pm in enumerate(mappings):
         where = f"runtimeConfig.portMappings[{i}]"
         if pm.containerPort <= 0:

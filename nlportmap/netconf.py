@@ -50,6 +50,7 @@ __all__ = [
     "IFNAME_MAX",
     "LEGACY_ATTACHMENTS",
     "LISTENER_POLICIES",
+    "MAX_PORT_MAPPINGS",
     "MAPPING_KEYS",
     "PORT_MAX",
     "PORT_MIN",
@@ -79,6 +80,10 @@ CONFLICT_POLICIES = ("replace", "reject")
 LISTENER_POLICIES = ("ignore", "reject")
 #: Valid TCP/UDP/SCTP port range (host byte order).
 PORT_MIN, PORT_MAX = 1, 65535
+#: Most ``runtimeConfig.portMappings`` entries one ADD accepts (more: code 7).  At this
+#: limit a dual-stack ADD or DEL takes well under a second and its one atomic batch stays
+#: far below what the netlink socket takes (README "Limits"); DEL accepts any number.
+MAX_PORT_MAPPINGS = 1024
 #: Default ``serviceProxyInterfaces``: where kube-proxy (IPVS mode) and kube-router put
 #: Service ClusterIPs (dummy interfaces; see nlportmap.proxyvips).
 DEFAULT_SERVICE_PROXY_INTERFACES = ("kube-ipvs0", "kube-dummy-if")
@@ -435,8 +440,8 @@ def _decode(obj: dict[str, Any], command: str) -> FastConf:
             for rk, rv in value.items():
                 if rv is None or _fold(rk) != "portmappings":
                     continue
-                if type(rv) is not list:
-                    raise _Defer
+                if type(rv) is not list or len(rv) > MAX_PORT_MAPPINGS:
+                    raise _Defer  # (too many: the decoder of record refuses, or DEL drops them)
                 mappings = [_mapping(m) for m in rv]  # last spelling wins, as in Go
         elif key == "prevResult":
             if type(value) is not dict:

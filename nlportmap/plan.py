@@ -1,7 +1,7 @@
 """The pure planning core: config + prevResult -> kernel-neutral plan.
 
 Nothing here opens a socket or a file.  A :class:`Plan` says *what* must exist
-for one attachment (owner = container ID + ifname); each backend (``nft/``,
+for one attachment (owner = network + container ID + ifname); each backend (``nft/``,
 ``ipt/``) decides *how* and applies it as one transaction.  ``Plan.describe()``
 is the dry-run text.
 
@@ -94,18 +94,82 @@ class _Record:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
 
-#: Longest owner comment we store (bytes).  nftables element/rule userdata is
-#: limited to 256 bytes (NFT_USERDATA_MAXLEN, include/uapi/linux/netfilter/nf_tables.h
-#: era 5.x); a TLV header takes 2, the NUL 1.  We keep a margin.
-OWNER_COMMENT_MAX = 236  # + " @<13-digit ms timestamp>" stays under 253 (2-byte TLV header, NUL)
+#: Longest owner comment we store (bytes), without the `` @<ms>`` stamp.  nftables
+#: element/rule userdata is limited to 256 bytes (NFT_USERDATA_MAXLEN,
+#: include/uapi/linux/netfilter/nf_tables.h era 5.x); a TLV header takes 2, the NUL 1, the
+#: stamp 15.  A full identity is at most ``OWNER_COMMENT_MAX - 1`` bytes; a longer one is
+#: stored in its hashed form of exactly ``OWNER_COMMENT_MAX`` bytes (see :class:`Owner`).
+OWNER_COMMENT_MAX = 236
+
+try:  # the C module directly: 'hashlib' costs ~1.7 ms of a cold start
+    from _sha256 import sha256 as _sha256
+except ImportError:  # pragma: no cover - other builds
+    from hashlib import sha256 as _sha256
+
+#: bytes an interface name keeps as they are in an owner tag; every other byte is written
+#: ``%XX`` (upper-case hex).  The CNI name alphabet: containerIDs and network names use
+#: only these, so no separator ('/', ' ', '~', '%', '@') can come from a name.
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_HEX = frozenset("0123456789ABCDEF")
+_HASHED_TAIL = 33  # "~" + 32 hex digits
+#: domain separation of the owner hash (owner format 2) from format 1's sha256(tag)[:16]
+_HASH_SALT = b"nlportmap owner 2\0"
+
+
+def _pct(ifname: str) -> str:
+    """Reversible encoding of an interface name's exact bytes (injective)."""
+    return "".join(chr(c) if c in _SAFE else f"%{c:02X}" for c in ifname.encode("utf-8", "surrogateescape"))
+
+
+def _unpct(enc: str) -> str | None:
+    """Inverse of :func:`_pct`; None if ``enc`` is not a canonical encoding."""
+    out = bytearray()
+    i, n = 0, len(enc)
+    while i < n:
+        ch = enc[i]
+        if ch == "%":
+            h = enc[i + 1:i + 3]
+            if len(h) != 2 or not _HEX.issuperset(h) or int(h, 16) in _SAFE:
+                return None
+            out.append(int(h, 16))
+            i += 3
+        elif ord(ch) < 128 and ord(ch) in _SAFE:
+            out.append(ord(ch))
+            i += 1
+        else:
+            return None
+    return out.decode("utf-8", "surrogateescape") if out else None
+
+
+def _name_ok(s: str) -> bool:
+    return bool(s) and s.isascii() and all(ord(c) in _SAFE for c in s)
 
 
 class Owner(_Record):
-    """Who owns kernel state: the CNI attachment (containerID, ifname), plus the network name.
+    """Who owns kernel state: the CNI attachment (network, containerID, ifname).
 
-    ``tag`` (``"<containerID>/<ifname>"``) is the identity used for ownership
-    checks; ``comment`` (``tag`` + space + network name, cut to
-    :data:`OWNER_COMMENT_MAX` bytes) is what operators see next to each element.
+    The identity is stored in every element's comment: ``comment`` =
+    ``"<containerID>/<ifname %-encoded> <network>"``; :meth:`stamped` appends
+    ``" @<created ms>"``.  The interface name keeps the bytes ``[A-Za-z0-9_.-]``
+    and writes every other byte as ``%XX``, so ``e"0`` is ``e%220`` and ``e_0``
+    stays ``e_0``: injective for every name the kernel allows, readable for the usual
+    ones (``eth0``), and free of ``"``/``\\`` (``nft list ruleset`` output loads back).
+    containerIDs and network names are validated to ``[A-Za-z0-9][A-Za-z0-9_.-]*``.
+
+    A comment that would exceed ``OWNER_COMMENT_MAX - 1`` bytes (long IDs or network
+    names) is stored in its *hashed form*: its first ``OWNER_COMMENT_MAX - 33`` bytes,
+    ``"~"`` and 32 hex digits of its sha256 -- still one comment per identity.
+
+    ``hash`` (16 bytes, sha256 of the comment) names the owner inside ``claims`` and
+    ``owned`` keys (:mod:`nlportmap.nft.layout`).
+
+    **Older releases** (owner format 1) wrote ``"<containerID>/<ifname with '\"' and
+    '\\\\' mapped to '_'> <network>"`` cut to :data:`OWNER_COMMENT_MAX` bytes and keyed
+    claims and manifests by ``sha256("<containerID>/<mapped ifname>")[:16]``
+    (``legacy_hash``).  :meth:`owns` also accepts such a comment (``legacy_comment``)
+    unless it reads as another owner's identity in the current format (a legacy comment
+    of ``e"0`` is ``c/e_0 net``, which is ``e_0``'s identity: such state counts as
+    ``e_0``'s, as the old layout itself could not tell them apart).
     """
 
     __slots__ = ("container_id", "ifname", "network")
@@ -116,20 +180,41 @@ class Owner(_Record):
     def __init__(self, container_id: str, ifname: str, network: str = "") -> None:
         self._init(container_id=container_id, ifname=ifname, network=network)
 
+    # ------------------------------------------------------------ format
     @property
     def tag(self) -> str:
-        # container IDs and network names are regex-validated; an interface name may hold
-        # '"' or '\\', which would make `nft list ruleset` output unloadable: mapped to '_'
-        ifname = self.ifname.replace('"', "_").replace("\\", "_")
-        return f"{self.container_id}/{ifname}"
+        """``"<containerID>/<ifname %-encoded>"``: the attachment without its network."""
+        return f"{self.container_id}/{_pct(self.ifname)}"
 
     @property
     def comment(self) -> str:
+        """The identity as stored (without the creation stamp); see the class docstring."""
         c = f"{self.tag} {self.network}" if self.network else self.tag
         b = c.encode()
-        if len(b) > OWNER_COMMENT_MAX:
-            c = b[:OWNER_COMMENT_MAX].decode(errors="ignore")
-        return c
+        if len(b) < OWNER_COMMENT_MAX:
+            return c
+        return (b[:OWNER_COMMENT_MAX - _HASHED_TAIL].decode(errors="ignore") + "~"
+                + _sha256(b).hexdigest()[:32])
+
+    @property
+    def hash(self) -> bytes:
+        """16 bytes naming this owner inside ``claims``/``owned`` keys."""
+        return _sha256(_HASH_SALT + self.comment.encode()).digest()[:16]
+
+    @property
+    def legacy_comment(self) -> str:
+        """What owner format 1 stored (see the class docstring)."""
+        c = f"{self.legacy_tag} {self.network}" if self.network else self.legacy_tag
+        b = c.encode("utf-8", "surrogateescape")
+        return b[:OWNER_COMMENT_MAX].decode(errors="ignore") if len(b) > OWNER_COMMENT_MAX else c
+
+    @property
+    def legacy_tag(self) -> str:
+        return f"{self.container_id}/" + self.ifname.replace('"', "_").replace("\\", "_")
+
+    @property
+    def legacy_hash(self) -> bytes:
+        return _sha256(self.legacy_tag.encode("utf-8", "surrogateescape")).digest()[:16]
 
     def stamped(self, ms: int) -> str:
         """The comment stored on elements: ``comment`` + ``" @<ms since epoch>"`` (creation
@@ -137,11 +222,20 @@ class Owner(_Record):
         return f"{self.comment} @{ms}"
 
     @staticmethod
-    def tag_of(comment: str | None) -> str | None:
-        """The identity tag inside a stored comment (``None`` if not ours)."""
+    def from_tag(tag: str, network: str = "") -> "Owner | None":
+        """The owner of ``tag`` (``"<containerID>/<encoded ifname>"``) in ``network``."""
+        cid, sep, enc = tag.partition("/")
+        ifname = _unpct(enc) if sep else None
+        return Owner(cid, ifname, network) if ifname is not None else None
+
+    # ------------------------------------------------------------ parse
+    @staticmethod
+    def base(comment: str | None) -> str:
+        """A stored comment without its creation stamp."""
         if not comment:
-            return None
-        return comment.split(" ", 1)[0]
+            return ""
+        head, sep, t = comment.rpartition(" @")
+        return head if sep and t.isdigit() else comment
 
     @staticmethod
     def created_ms(comment: str | None) -> int | None:
@@ -153,14 +247,58 @@ class Owner(_Record):
         return None
 
     @staticmethod
-    def parse(comment: str | None) -> Owner | None:
-        """Rebuild an owner from a stored comment (for listings and GC)."""
-        tag = Owner.tag_of(comment)
-        if not tag or "/" not in tag:
+    def _hashed(base: str) -> bool:
+        return (len(base) == OWNER_COMMENT_MAX and base[-_HASHED_TAIL] == "~"
+                and all(c in "0123456789abcdef" for c in base[-32:]))
+
+    @staticmethod
+    def _current(base: str) -> bool:
+        """Is ``base`` some owner's identity in the current format?"""
+        if Owner._hashed(base):
+            return True
+        if len(base.encode("utf-8", "surrogateescape")) >= OWNER_COMMENT_MAX:
+            return False
+        tag, _, net = base.partition(" ")
+        o = Owner.from_tag(tag, net)
+        return o is not None and _name_ok(o.container_id) and (not net or _name_ok(net))
+
+    def owns(self, comment: str | None) -> bool:
+        """Does the stored ``comment`` name this owner (current or older layout)?"""
+        b = Owner.base(comment)
+        if not b:
+            return False
+        if b == self.comment:
+            return True
+        return b == self.legacy_comment and not Owner._current(b)
+
+    @staticmethod
+    def hash_of(comment: str | None) -> bytes | None:
+        """The owner hash of whoever a stored comment names (for the claim of a displaced
+        owner): ``hash`` for the current format, ``legacy_hash`` for an older one."""
+        b = Owner.base(comment)
+        if not b:
             return None
-        cid, ifname = tag.rsplit("/", 1)
-        parts = (comment or "").split(" ")  # a tag implies a comment
-        net = parts[1] if len(parts) > 1 and not parts[1].startswith("@") else ""
+        if Owner._current(b):
+            return _sha256(_HASH_SALT + b.encode()).digest()[:16]
+        return _sha256(b.split(" ", 1)[0].encode()).digest()[:16]
+
+    @staticmethod
+    def parse(comment: str | None) -> "Owner | None":
+        """Rebuild an owner from a stored comment (for listings and GC).  A hashed form
+        gives what its readable part holds (the network possibly cut); a comment of an
+        older layout gives its ifname as stored (``"``/``\\`` read as ``_``)."""
+        b = Owner.base(comment)
+        if not b or "/" not in b:
+            return None
+        if Owner._hashed(b):
+            b = b[:-_HASHED_TAIL]
+            if " " not in b:
+                return None  # cut inside the interface name
+        tag, _, net = b.partition(" ")
+        o = Owner.from_tag(tag, net)
+        if o is not None:
+            return o
+        cid, _, ifname = tag.partition("/")  # older layout: the name as stored
         return Owner(cid, ifname, net)
 
 
@@ -381,17 +519,16 @@ def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner
                 if fam == 4:
                     masqs.append(Masq(fam, "127.0.0.1", cip))
         for m in mappings:
-            if m.protocol.lower() in ("udp", "sctp") and (fam, m.protocol.lower(), m.hostPort) not in flush:
+            if m.protocol.lower() in ("udp", "sctp"):
                 flush.append((fam, m.protocol.lower(), m.hostPort))
-    host_keys: list[tuple[int, str, str | None, int]] = []
+    flush = list(dict.fromkeys(flush))  # first occurrences, in order (O(n))
+    host_keys: dict = {}
     for fam in (4, 6):
         for m in mappings:
             hip = _norm_host_ip(m.hostIP, fam)
             if hip is False:
                 continue
-            k = (fam, m.protocol.lower(), hip, m.hostPort)
-            if k not in host_keys:
-                host_keys.append(k)
+            host_keys.setdefault((fam, m.protocol.lower(), hip, m.hostPort), None)
     v4 = cidrs.get(4)
     route_ip = (addr.canonical(4, addr.parse_interface(v4)[1])
                 if (v4 and conf.snat and any(f.family == 4 for f in forwards)) else None)

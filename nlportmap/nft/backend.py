@@ -97,21 +97,44 @@ class NftBackend:
 
     _repair = False
 
+    def _our_families(self) -> tuple[int, ...]:
+        """The families whose ``nlportmap`` table exists and is ours (one GETTABLE round
+        trip): DEL, GC and ``list`` never read or change a foreign table of that name."""
+        infos = self.sock.tables([(N.FAMILY[fam], L.TABLE) for fam in (4, 6)])
+        return tuple(fam for fam, info in zip((4, 6), infos) if info is not None and not L.foreign_table(info))
+
     def _skeleton_ok(self, fams, plan: Plan) -> dict[int, bool]:
         """Per family: is every static rule present with the current fingerprint (layout
-        version + conditions)?  One rule dump per family (never of elements), so a damaged
-        or outdated skeleton is rewritten by the next ADD.  A missing set is found by the
-        batch itself (ENOENT) and repaired on the retry; CHECK also dumps the sets."""
+        version + conditions)?  One GETTABLE and one rule dump per family, in one write
+        (never of elements), so a damaged or outdated skeleton is rewritten by the next ADD.
+        A missing set is found by the batch itself (ENOENT) and repaired on the retry; CHECK
+        also dumps the sets.  Raises :class:`KernelError` for a table of that name that is
+        not ours (:func:`~nlportmap.nft.layout.foreign_table`): nlportmap never modifies it."""
         if self._repair:
+            infos = self.sock.tables([(N.FAMILY[fam], L.TABLE) for fam in fams])
+            for fam, info in zip(fams, infos):
+                self._refuse_foreign(fam, info)
             return {fam: False for fam in fams}
-        return {fam: not self._skeleton_problems(fam, plan, sets=False) for fam in fams}
+        return {fam: not self._skeleton_problems(fam, plan, sets=False, refuse_foreign=True) for fam in fams}
 
-    def _skeleton_problems(self, fam: int, plan: Plan, sets: bool = True) -> list[str]:
+    @staticmethod
+    def _refuse_foreign(fam: int, info) -> None:
+        why = L.foreign_table(info)
+        if why:
+            raise KernelError(f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE} exists but is not nlportmap's "
+                              f"({why}); nlportmap never modifies a table it did not create: "
+                              "rename or delete that table", details=why)
+
+    def _skeleton_problems(self, fam: int, plan: Plan, sets: bool = True, refuse_foreign: bool = False) -> list[str]:
         where = f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE}"
         inv = self.sock.table_inventory(N.FAMILY[fam], L.TABLE, sets=sets)
         if inv is None:
             return [f"{where} missing"]
-        chains, sets = inv
+        chains, sets, info = inv
+        if refuse_foreign:
+            self._refuse_foreign(fam, info)
+        elif L.foreign_table(info):
+            return [f"{where} is not nlportmap's ({L.foreign_table(info)})"]
         conds = plan.conditions.get(fam)
         fp = L.fingerprint(fam, conds)
         out = [f"{where}: set {s} missing" for s in L.ALL_SETS if sets is not None and s not in sets]
@@ -120,6 +143,8 @@ class NftBackend:
             if len(got) != n or any(c != fp for c in got):
                 out.append(f"{where}: chain {chain} has {len(got)} of {n} rules"
                            + ("" if len(got) != n else " (stale)"))
+        if info.dormant:  # last: ADD rewrites the skeleton, whose NEWTABLE clears the flag
+            out.append(f"{where} is dormant (flags dormant): it forwards nothing")
         return out
 
     @staticmethod
@@ -137,47 +162,58 @@ class NftBackend:
     # ------------------------------------------------------------ manifest
     MANIFEST_BATCH = 4
 
-    def _manifest_queries(self, me: str, first: int = 0) -> list:
-        return [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(me, first + i))
-                for fam in (4, 6) for i in range(self.MANIFEST_BATCH)]
+    @staticmethod
+    def _manifest_heads(owner: Owner, fams=(4, 6)) -> list:
+        """The manifests to read: (owner hash, family), the current format's and the
+        older format's (:attr:`Owner.legacy_hash`), so state of older releases is found."""
+        return [(h, fam) for h in (owner.hash, owner.legacy_hash) for fam in fams]
 
-    def _manifest(self, me: str, got: list | None = None) -> dict[int, list]:
-        """``{fam: [(slot, (proto, host_ip, port, pod_ip)), ...]}``: what ``me`` recorded in
-        ``owned`` (contiguous slots from 0, read in batches of single gets).  ``got``: the
-        answers to :meth:`_manifest_queries` when the caller sent them with its own gets."""
+    def _manifest_queries(self, heads: list, first: int = 0, n: int = MANIFEST_BATCH) -> list:
+        return [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(h, first + i))
+                for h, fam in heads for i in range(n)]
+
+    def _manifest(self, owner: Owner, got: list | None = None, fams=(4, 6)) -> dict[int, list]:
+        """``{fam: [(record key, (proto, host_ip, port, pod_ip)), ...]}``: what ``owner``
+        recorded in ``owned`` (contiguous slots from 0 under its hash and its legacy hash,
+        read in batches of single gets; records whose comment names another owner are
+        skipped: older releases shared one legacy hash between networks).  ``got``: the
+        answers to ``_manifest_queries(_manifest_heads(owner))`` when the caller sent them
+        with its own gets."""
         out: dict[int, list] = {4: [], 6: []}
-        first, more = 0, {4: True, 6: True}
-        while any(more.values()):
+        heads, first, n = self._manifest_heads(owner, fams), 0, self.MANIFEST_BATCH
+        while heads:
             if got is None:
-                got = self.sock.get_elems(self._manifest_queries(me, first))
-            for j, fam in enumerate((4, 6)):
-                if not more[fam]:
-                    continue
-                batch = got[j * self.MANIFEST_BATCH:(j + 1) * self.MANIFEST_BATCH]
-                for i, e in enumerate(batch):
+                got = self.sock.get_elems(self._manifest_queries(heads, first, n))
+            more = []
+            for j, (h, fam) in enumerate(heads):
+                for i, e in enumerate(got[j * n:(j + 1) * n]):
                     if e is None or not e.data:
-                        more[fam] = False
                         break
-                    out[fam].append((first + i, L.parse_record(fam, e.data)))
-            first += self.MANIFEST_BATCH
-            got = None
+                    if owner.owns(e.comment):
+                        out[fam].append((L.record_key(h, first + i), L.parse_record(fam, e.data)))
+                else:
+                    more.append((h, fam))
+            # a long manifest is read in growing batches: ~log(slots) round trips
+            heads, first, got, n = more, first + n, None, min(4 * n, 1024)
         return out
 
-    def _release(self, me: str, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:
-        """Queue the removal of ``me``'s live forwards on ``keys`` ({fam: {(proto, host_ip, port)}}),
-        its shadowed claims on them, and its masquerade elements for ``pod_ips``; a freed port
-        goes to the newest surviving displaced claim.  Elements owned by others are kept."""
+    def _release(self, owner: Owner, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:
+        """Queue the removal of ``owner``'s live forwards on ``keys`` ({fam: {(proto, host_ip, port)}}),
+        its shadowed claims on them (under its hash and its legacy hash), and its masquerade
+        elements for ``pod_ips``; a freed port goes to the newest surviving displaced claim.
+        Elements owned by others are kept."""
         q = []
         for fam, ks in keys.items():
             for proto, hip, port in sorted(ks, key=str):
                 s, k = L.forward_key(fam, proto, hip, port)
                 q.append((fam, s, k))
-                q.append((fam, L.CLAIMS, L.claim_key(proto, hip, port, me)))
+                q.append((fam, L.CLAIMS, L.claim_key(proto, hip, port, owner.hash)))
+                q.append((fam, L.CLAIMS, L.claim_key(proto, hip, port, owner.legacy_hash)))
         have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in q])
         freed: dict[int, list] = {4: [], 6: []}
         ips = {f: set(v) for f, v in pod_ips.items()}
         for (fam, s, k), cur in zip(q, have):
-            if cur is None or Owner.tag_of(cur.comment) != me:
+            if cur is None or not owner.owns(cur.comment):
                 continue
             dels.setdefault((fam, s), []).append((k, None, None))
             if s != L.CLAIMS:
@@ -193,9 +229,9 @@ class NftBackend:
                     cands.append(L.masq_key("127.0.0.1", ip))
                 mq += [(fam, s, k) for s, k in cands]
         for (fam, s, k), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in mq])):
-            if cur is not None and Owner.tag_of(cur.comment) == me:
+            if cur is not None and owner.owns(cur.comment):
                 dels.setdefault((fam, s), []).append((k, None, None))
-        self._promotions(freed, lambda c: Owner.tag_of(c) == me, dels, adds)
+        self._promotions(freed, owner.owns, dels, adds)
 
     # ----------------------------------------------------------------- ADD
     def forward(self, plan: Plan, conflict_policy: str = "replace") -> int:
@@ -220,10 +256,11 @@ class NftBackend:
             except ValueError as e:
                 raise InvalidConfig(f"conditions: {e}") from None
         wanted = self._wanted(plan)
-        me = plan.owner.tag
-        base = plan.owner.comment
-        comment = plan.owner.stamped(int(time.time() * 1000))
-        my_claims = [(f.family, L.claim_key(f.proto, f.host_ip, f.host_port, me)) for f in plan.forwards]
+        me = plan.owner
+        base = me.comment
+        comment = me.stamped(int(time.time() * 1000))
+        my_claims = [(f.family, L.claim_key(f.proto, f.host_ip, f.host_port, h))
+                     for f in plan.forwards for h in (me.hash, me.legacy_hash)]
         records = {fam: [(f.proto, f.host_ip, f.host_port, f.container_ip) for f in plan.forwards if f.family == fam]
                    for fam in (4, 6)}
 
@@ -238,7 +275,7 @@ class NftBackend:
                     ops += L.proxy_vips_ops(fam, plan.proxy_vips.get(fam, ()))
             q = [(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted]
             q += [(N.FAMILY[f], L.TABLE, L.CLAIMS, k) for f, k in my_claims]
-            q += self._manifest_queries(me)  # one round trip for all of ADD's reads
+            q += self._manifest_queries(self._manifest_heads(me))  # one round trip for all of ADD's reads
             got = self.sock.get_elems(q)
             n1, n2 = len(wanted), len(wanted) + len(my_claims)
             have, claims_have, manifest_got = got[:n1], got[n1:n2], got[n2:]
@@ -246,23 +283,24 @@ class NftBackend:
             adds: dict = {}
             for (fam, s, k, d, label), cur in zip(wanted, have):
                 if cur is not None:
-                    owner = Owner.tag_of(cur.comment)
-                    if owner == me and cur.data == d and (cur.comment or "").split(" @")[0] == base:
+                    mine = me.owns(cur.comment)
+                    if mine and cur.data == d and Owner.base(cur.comment) == base:
                         continue  # identical: nothing to do (keeps its creation stamp)
-                    if owner != me:
+                    if not mine:
                         if conflict_policy == "reject":
                             raise ConflictError(
                                 f"host port already in use: {label} is owned by {cur.comment or 'unknown'}",
                                 details=cur.comment or "")
-                        if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS) and owner and cur.data:
+                        displaced = Owner.hash_of(cur.comment)
+                        if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS) and displaced and cur.data:
                             proto, hip, port = L.parse_forward_key(fam, s, k)
                             adds.setdefault((fam, L.CLAIMS), []).append(
-                                (L.claim_key(proto, hip, port, owner),
+                                (L.claim_key(proto, hip, port, displaced),
                                  L.claim_data_from_live(fam, cur.data), cur.comment))
                     dels.setdefault((fam, s), []).append((k, None, None))
                 adds.setdefault((fam, s), []).append((k, d, comment))
             for (fam, k), cur in zip(my_claims, claims_have):
-                if cur is not None:  # we were shadowed before; now we own the port again
+                if cur is not None and me.owns(cur.comment):  # we were shadowed; now we own the port again
                     dels.setdefault((fam, L.CLAIMS), []).append((k, None, None))
             # what a previous ADD of this owner installed and this plan no longer has
             old = self._manifest(me, manifest_got)
@@ -271,7 +309,7 @@ class NftBackend:
             for fam in (4, 6):
                 new_keys = {r[:3] for r in records[fam]}
                 new_ips = {r[3] for r in records[fam]}
-                for _, rec in old[fam]:
+                for _key, rec in old[fam]:
                     if rec[:3] not in new_keys:
                         stale_keys[fam].add(rec[:3])
                     if rec[3] not in new_ips:
@@ -284,14 +322,17 @@ class NftBackend:
         return self._transact(build, "ADD")
 
     @staticmethod
-    def _write_manifest(me, comment, old: dict, records: dict, dels: dict, adds: dict) -> None:
+    def _write_manifest(me: Owner, comment, old: dict, records: dict, dels: dict, adds: dict) -> None:
+        """Make ``me``'s manifest ``records`` (rewritten under the current hash; a manifest
+        under the legacy hash is removed: ADD migrates older state)."""
         for fam in (4, 6):
-            if [r for _, r in old[fam]] == records[fam]:
+            keys = [L.record_key(me.hash, slot) for slot in range(len(records[fam]))]
+            if [r for _, r in old[fam]] == records[fam] and [k for k, _ in old[fam]] == keys:
                 continue
-            for slot, _ in old[fam]:
-                dels.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), None, None))
-            for slot, r in enumerate(records[fam]):
-                adds.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), L.record_data(*r), comment))
+            for key, _ in old[fam]:
+                dels.setdefault((fam, L.OWNED), []).append((key, None, None))
+            for key, r in zip(keys, records[fam]):
+                adds.setdefault((fam, L.OWNED), []).append((key, L.record_data(*r), comment))
 
     @staticmethod
     def _elem_ops(dels: dict, adds: dict) -> list:
@@ -338,40 +379,49 @@ class NftBackend:
         and without a manifest (state written by an older layout), it falls back
         to scanning the sets for the owner's comment (O(n), rare).
         """
-        me = plan.owner.tag
+        me = plan.owner
+        fams = self._our_families()
+        if not fams:
+            return 0  # no table of ours: nothing of ours to remove
 
         def build():
-            old = self._manifest(me)
+            old = self._manifest(me, fams=fams)
             if not plan.host_keys and not any(old.values()):
                 return None  # nothing to go by: scan (below)
-            keys: dict[int, set] = {4: set(), 6: set()}
-            ips: dict[int, set] = {4: set(), 6: set()}
+            keys: dict[int, set] = {fam: set() for fam in fams}
+            ips: dict[int, set] = {fam: set() for fam in fams}
             for fam, proto, hip, port in plan.host_keys:
-                keys[fam].add((proto, hip, port))
+                if fam in keys:
+                    keys[fam].add((proto, hip, port))
             for m in plan.masqs:
-                ips[m.family].add(m.daddr)
+                if m.family in ips:
+                    ips[m.family].add(m.daddr)
             dels: dict = {}
             adds: dict = {}
-            for fam in (4, 6):
-                for slot, rec in old[fam]:
+            for fam in fams:
+                for key, rec in old[fam]:
                     keys[fam].add(rec[:3])
                     ips[fam].add(rec[3])
-                    dels.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), None, None))
+                    dels.setdefault((fam, L.OWNED), []).append((key, None, None))
             self._release(me, keys, ips, dels, adds)
             return self._elem_ops(dels, adds)
 
         n = self._transact(lambda: build() or [], "DEL")
         if n == 0 and not plan.host_keys:
-            return self._remove_where(lambda c: Owner.tag_of(c) == me, "DEL")
+            return self._remove_where(me.owns, "DEL", fams)
         return n
 
-    def _remove_where(self, doomed, what: str) -> int:
-        """Delete every element whose comment satisfies ``doomed``, promoting surviving claims."""
+    def _remove_where(self, doomed, what: str, fams=None) -> int:
+        """Delete every element whose comment satisfies ``doomed``, promoting surviving claims
+        (in ``fams``, default: the families whose table is ours)."""
+        if fams is None:
+            fams = self._our_families()
+
         def build():
             dels: dict = {}
             adds: dict = {}
             freed: dict[int, list] = {4: [], 6: []}
-            for fam in (4, 6):
+            for fam in fams:
                 for s in L.SETS:
                     for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s) or ():
                         if doomed(e.comment):
@@ -390,17 +440,21 @@ class NftBackend:
         """
         fams = plan.families()
         problems = []
+        readable = set()  # families whose table is ours or missing (a foreign one is never read)
         for fam in fams:
-            problems += self._skeleton_problems(fam, plan)
-        wanted = self._wanted(plan)
+            p = self._skeleton_problems(fam, plan)
+            if not (p and p[0].startswith(f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE} is not nlportmap's")):
+                readable.add(fam)
+            problems += p
+        wanted = [w for w in self._wanted(plan) if w[0] in readable]
         have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted])
-        me = plan.owner.tag
+        me = plan.owner
         for (fam, s, k, d, label), cur in zip(wanted, have):
             where = f"{'ip' if fam == 4 else 'ip6'} {L.TABLE} {s}"
             if cur is None:
                 problems.append(f"missing {label} (element of {where})")
-            elif Owner.tag_of(cur.comment) != me:
-                problems.append(f"{label} is owned by {cur.comment!r}, not {me!r} ({where})")
+            elif not me.owns(cur.comment):
+                problems.append(f"{label} is owned by {cur.comment!r}, not {me.comment!r} ({where})")
             elif cur.data != d:
                 problems.append(f"{label} points elsewhere ({where})")
         if problems:
@@ -409,21 +463,33 @@ class NftBackend:
     # ----------------------------------------------------------------- GC / list
     def gc(self, valid_tags: set[str], network: str | None = None, started_ms: int | None = None) -> int:
         """CNI GC: remove every element of ``network`` (all networks if None) whose owner
-        tag (``containerID/ifname``) is not in ``valid_tags``; returns ops committed.
+        is not one of ``valid_tags`` (:attr:`Owner.tag`: ``containerID/ifname``) in that
+        network; returns ops committed.
 
         Elements created at or after ``started_ms`` (default: now) survive, so an
         ADD racing the GC is never undone.  Elements are matched on the owner
-        comment, so GC reads the whole table (O(n); GC is rare).
+        comment, so GC reads the whole table (O(n); GC is rare).  A comment of an
+        older release counts as the owner :meth:`Owner.owns` gives it to.  A comment
+        whose owner cannot be told (a hashed form cut inside the interface name) is kept.
         """
         start = int(time.time() * 1000) if started_ms is None else started_ms
+        valid = set()
+        for t in valid_tags:
+            o = Owner.from_tag(t, network or "")
+            if o is not None:
+                valid |= {o.comment, o.legacy_comment}
 
         def doomed(comment):
             o = Owner.parse(comment)
-            if o is None or o.tag in valid_tags:
+            if o is None:
                 return False
-            # compare through the same cut the stored comment went through (long names)
-            if network is not None and comment.split(" @")[0] != Owner(o.container_id, o.ifname, network).comment:
-                return False
+            if network is None:
+                if o.tag in valid_tags:
+                    return False
+            else:
+                # of this network?  (rebuilt through the same format, cut and hash included)
+                if not Owner(o.container_id, o.ifname, network).owns(comment) or Owner.base(comment) in valid:
+                    return False
             created = Owner.created_ms(comment)
             return created is None or created < start
 
@@ -433,13 +499,14 @@ class NftBackend:
         """Every forward on this node, active ones first, then shadowed claims
         (dumps the maps: O(n), operator path)."""
         out = []
-        for fam in (4, 6):
+        fams = self._our_families()
+        for fam in fams:
             for s in (L.HOSTIP_HOSTPORTS, L.HOSTPORTS):
                 for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s) or ():
                     proto, hip, hport = L.parse_forward_key(fam, s, e.key)
                     cip, cport = L.parse_forward_data(fam, e.data or b"")
                     out.append(Listed(Owner.parse(e.comment), fam, proto, hip, hport, cip, cport, self.name))
-        for fam in (4, 6):
+        for fam in fams:
             for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, L.CLAIMS) or ():
                 proto, hip, hport = L.parse_claim_key(fam, e.key)
                 cip, cport = L.parse_forward_data(fam, L.live_data_from_claim(fam, e.data or bytes(20)))

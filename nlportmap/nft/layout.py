@@ -27,7 +27,8 @@
                           iifname != "lo" ip daddr 127.0.0.0/8 counter drop }
     }
 
-Every element carries a comment = the owner (``containerID/ifname network``),
+Every element carries a comment = the owner (``containerID/ifname network``, the ifname
+%-encoded: :class:`nlportmap.plan.Owner` is the one home of that format),
 except those of ``proxy_vips``: node state, not an attachment's (not in :data:`SETS`,
 so DEL, GC and ``list`` never look at it).
 A first packet costs one hash lookup per map whatever the number of mappings;
@@ -43,17 +44,16 @@ from . import wire as N
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterable, Sequence
-    from hashlib import sha1 as _sha1, sha256 as _sha256  # typeshed has no stubs for _sha1/_sha256
+    from hashlib import sha1 as _sha1  # typeshed has no stubs for _sha1
 
     from ..conditions import Match
     from .netlink import Nest
     from .wire import Op
 else:
-    try:  # the C hash modules directly: 'hashlib' costs ~1.7 ms of a cold start
+    try:  # the C hash module directly: 'hashlib' costs ~1.7 ms of a cold start
         from _sha1 import sha1 as _sha1
-        from _sha256 import sha256 as _sha256
     except ImportError:  # pragma: no cover - other builds
-        from hashlib import sha1 as _sha1, sha256 as _sha256
+        from hashlib import sha1 as _sha1
 
 TABLE = "nlportmap"
 LAYOUT_VERSION = 3  # 3: proxy_vips set and its return rule in hostports
@@ -70,6 +70,19 @@ PROXY_VIPS = "proxy_vips"
 SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS, OWNED)
 #: every set the skeleton creates (CHECK verifies they exist)
 ALL_SETS = (*SETS, PROXY_VIPS)
+
+
+def foreign_table(info) -> str | None:
+    """Why a table named ``nlportmap`` (its :class:`~nlportmap.nft.wire.TableInfo`) is not
+    ours, or None.  Ours carries :data:`TABLE_COMMENT` as its comment
+    (every nlportmap release has set it) and is not owned by a process (``flags owner``)."""
+    if info is None:
+        return None
+    if info.comment != TABLE_COMMENT:
+        return "no comment" if info.comment is None else f"its comment is {info.comment[:80]!r}"
+    if info.flags & N.NFT_TABLE_F_OWNER:
+        return "it is owned by a process (flags owner)"
+    return None
 
 
 def alen(fam: int) -> int:
@@ -135,11 +148,6 @@ def parse_masq_key(fam: int, set_name: str, key: bytes) -> tuple[str | None, str
 
 
 # -------------------------------------------------------------------- claims
-def owner_hash(tag: str) -> bytes:
-    """16 bytes identifying an owner tag inside a claim key (sha256 prefix)."""
-    return _sha256(tag.encode()).digest()[:16]
-
-
 def _v6(addr: str | None) -> bytes:
     if addr is None:
         return bytes(16)
@@ -152,8 +160,9 @@ def claim_prefix(proto: str, host_ip: str | None, port: int) -> bytes:
     return _v6(host_ip) + proto_port(proto, port)
 
 
-def claim_key(proto: str, host_ip: str | None, port: int, tag: str) -> bytes:
-    return claim_prefix(proto, host_ip, port) + owner_hash(tag)
+def claim_key(proto: str, host_ip: str | None, port: int, owner_hash: bytes) -> bytes:
+    """``owner_hash``: :attr:`nlportmap.plan.Owner.hash` (16 bytes) of the claimant."""
+    return claim_prefix(proto, host_ip, port) + owner_hash
 
 
 def claim_data(container_ip: str, container_port: int) -> bytes:
@@ -183,9 +192,10 @@ def parse_claim_key(fam: int, key: bytes) -> tuple[str, str | None, int]:
 
 
 # ------------------------------------------------------------------ manifest
-def record_key(tag: str, slot: int) -> bytes:
-    """Key of slot ``slot`` (0..65535) of ``tag``'s manifest in ``owned``."""
-    return owner_hash(tag) + N.pad4(slot.to_bytes(2, "big"))
+def record_key(owner_hash: bytes, slot: int) -> bytes:
+    """Key of slot ``slot`` (0..65535) of the manifest in ``owned`` of the owner whose
+    :attr:`~nlportmap.plan.Owner.hash` is ``owner_hash``."""
+    return owner_hash + N.pad4(slot.to_bytes(2, "big"))
 
 
 def record_data(proto: str, host_ip: str | None, port: int, pod_ip: str) -> bytes:
@@ -254,7 +264,7 @@ def skeleton(fam: int, conds: Sequence[Match] | None) -> list[Op]:
     a = alen(fam)
     t = _t(fam)
     fp = fingerprint(fam, conds)
-    ops = [N.table(F, T, comment=TABLE_COMMENT)]
+    ops = [N.new_table(F, T, comment=TABLE_COMMENT, flags=0)]  # flags 0: wakes a dormant table
     ops.append(N.new_set(F, T, HOSTPORTS, N.concat_type(N.T_PROTO, N.T_SERVICE), 8,
                          N.concat_type(t, N.T_SERVICE), a + 4,
                          comment="hostPort on any local address -> pod; element comment = owner", set_id=1))

@@ -92,6 +92,10 @@ def reg32(n: int) -> int:
     return 8 + n
 
 
+# enum nft_table_attributes; table flags (enum nft_table_flags)
+NFTA_TABLE_NAME, NFTA_TABLE_FLAGS, NFTA_TABLE_USERDATA = 1, 2, 6
+NFT_TABLE_F_DORMANT, NFT_TABLE_F_OWNER = 0x1, 0x2
+
 NFT_JUMP, NFT_GOTO, NFT_RETURN, NF_DROP, NF_ACCEPT = -3, -4, -5, 0, 1
 HOOK = {"prerouting": 0, "input": 1, "forward": 2, "output": 3, "postrouting": 4}
 NFT_DATA_VERDICT = 0xFFFFFF00           # verdict-map data type (kernel, not nft's id 1)
@@ -196,6 +200,17 @@ def flush_set(family: int, tbl: str, set_name: str) -> Op:
     return DELSETELEM, 0, RawMsg(family, (tbl, set_name), _nlstr(1, tbl) + _nlstr(2, set_name))
 
 
+def new_table(family: int, tbl: str, comment: str | None = None, flags: int = 0) -> Op:
+    """NEWTABLE (``add``: creates the table, or updates an existing one) with explicit
+    NFTA_TABLE_FLAGS: on an existing table ``flags 0`` clears ``dormant`` (in the caller's
+    batch, so atomically with it); the comment is nftnl udata (type 0), as ``nft`` writes it."""
+    a = _nlstr(NFTA_TABLE_NAME, tbl) + nla(NFTA_TABLE_FLAGS, struct.pack("!I", flags))
+    if comment:
+        c = comment.encode() + b"\0"
+        a += nla(NFTA_TABLE_USERDATA, bytes((0, len(c))) + c)
+    return NEWTABLE, NLM_F_CREATE | NLM_F_APPEND, RawMsg(family, (tbl,), a)
+
+
 def op_name(op: Op) -> str:
     """Human name of an op for error messages, e.g. ``NEWSETELEM ip nlportmap/hostports``."""
     mtype, _, msg = op
@@ -294,6 +309,36 @@ def parse_elems(msg: bytes) -> list[Elem]:
         data = attrs(a[2]).get(1) if 2 in a else None
         out.append(Elem(key, data, udata_comment(a.get(6))))
     return out
+
+
+class TableInfo:
+    """A table as read back (GETTABLE): its flags and its comment (udata or raw userdata)."""
+
+    __slots__ = ("flags", "comment")
+
+    def __init__(self, flags: int, comment: str | None) -> None:
+        self.flags = flags
+        self.comment = comment
+
+    @property
+    def dormant(self) -> bool:
+        return bool(self.flags & NFT_TABLE_F_DORMANT)
+
+    @staticmethod
+    def parse(raw: bytes) -> "TableInfo":
+        a = attrs(raw, 20)
+        flags = struct.unpack("!I", a[NFTA_TABLE_FLAGS][:4])[0] if NFTA_TABLE_FLAGS in a else 0
+        ud = a.get(NFTA_TABLE_USERDATA)
+        comment = udata_comment(ud)
+        if comment is None and ud:  # userdata that is not a TLV list: show it raw
+            comment = ud.rstrip(b"\0").decode(errors="replace")
+        return TableInfo(flags, comment)
+
+
+def table_get(family: int, tbl: str, seq: int) -> bytes:
+    """A GETTABLE request (one table, not a dump)."""
+    body = struct.pack("!BBH", family, 0, 0) + _nlstr(NFTA_TABLE_NAME, tbl)
+    return _header(len(body), GETTABLE, NLM_F_REQUEST, seq) + body
 
 
 class RuleInfo:
@@ -402,6 +447,14 @@ class NetfilterSocket:
     def commit(self, ops: list[Op], genid: int | None = None) -> None:
         """Send ``ops`` as one atomic transaction; raise :class:`NftError` on refusal.
 
+        One write: nf_tables takes a transaction only whole, from BATCH_BEGIN to BATCH_END
+        in one message buffer (a batch split over writes is aborted), and processes it
+        inside that write, then queues one acknowledgement per op.  So its size is bounded
+        by the send buffer (``sndbuf``, 4 MiB asked) and the acknowledgements by the
+        receive buffer: callers keep batches to element messages of at most 200 elements
+        (~50 per 1,000 mappings), and the mapping limit (``netconf.MAX_PORT_MAPPINGS``)
+        keeps one request's batch to tens of messages and well under a MiB.
+
         With ``genid`` the kernel refuses the batch (ERESTART, op index -1) if
         the ruleset changed since that generation.
         """
@@ -433,34 +486,41 @@ class NetfilterSocket:
             errs.sort()
             raise NftError(errs, [op_name(o) for o in ops])
 
+    #: Most requests in flight in :meth:`request`.  Every reply is its own skb of ~4-8 KiB
+    #: truesize in our receive buffer; thousands sent in one write overran it (ENOBUFS,
+    #: issue 12.7).  256 replies stay far below the buffer we ask for (4 MiB).
+    WINDOW = 256
 
-    def request(self, reqs: list[bytes], seqs: list[int]) -> Replies:
-        """Send already-encoded non-batch requests in one write; collect replies by seq.
+    def request(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list]:
+        """Send already-encoded non-batch requests; collect replies by seq.
 
+        At most :data:`WINDOW` requests are in flight: one write per window, whose
+        replies are read before the next window goes out (one write in the usual case).
+        ``seqs[i]`` is the sequence number of ``reqs[i]``.
         Returns {seq: [raw messages]} where an error reply is stored as an int errno.
         A dump ends at NLMSG_DONE; a plain get ends with its one reply.
         """
-        self.sock.send(b"".join(reqs))
-        out: Replies = {s: [] for s in seqs}
-        pending = set(seqs)
-        for typ, flg, sq, raw in self.messages(time.monotonic() + self.timeout):
-            if sq not in pending:
-                continue
-            if typ == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", raw, 16)[0]
-                if code:
-                    out[sq] = code
-                pending.discard(sq)
-            elif typ == NLMSG_DONE:
-                pending.discard(sq)
-            else:
-                got = out[sq]
-                assert not isinstance(got, int)  # pending: no error stored yet
-                got.append(raw)
-                if not flg & NLM_F_MULTI:
+        out: dict[int, list] = {s: [] for s in seqs}
+        for i in range(0, len(reqs), self.WINDOW):
+            wreqs, wseqs = reqs[i:i + self.WINDOW], seqs[i:i + self.WINDOW]
+            self.sock.send(b"".join(wreqs))
+            pending = set(wseqs)
+            for typ, flg, sq, raw in self.messages(time.monotonic() + self.timeout):
+                if sq not in pending:
+                    continue
+                if typ == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", raw, 16)[0]
+                    if code:
+                        out[sq] = code  # type: ignore[assignment]
                     pending.discard(sq)
-            if not pending:
-                break
+                elif typ == NLMSG_DONE:
+                    pending.discard(sq)
+                else:
+                    out[sq].append(raw)
+                    if not flg & NLM_F_MULTI:
+                        pending.discard(sq)
+                if not pending:
+                    break
         return out
 
     def get_elems(self, queries: list[tuple[int, str, str, bytes]]) -> list[Elem | None]:
@@ -506,17 +566,30 @@ class NetfilterSocket:
             out.append(RuleInfo(struct.unpack("!Q", a[3])[0] if 3 in a else 0, udata_comment(a.get(7))))
         return out
 
-    def table_inventory(self, family: int, tbl: str,
-                        sets: bool = True) -> tuple[dict[str, list[str | None]], set[str] | None] | None:
-        """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``) of a
-        table, or None if the table is missing.  A dump of its rules (and one of its sets:
-        a netlink socket runs one dump at a time), never of elements: O(1) in the number
-        of mappings."""
-        out: list[list[bytes]] = []
+    def table_inventory(self, family: int, tbl: str, sets: bool = True):
+        """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``,
+        :class:`TableInfo`) of a table, or None if the table is missing.  One GETTABLE and a
+        dump of its rules in one write (and one dump of its sets: a netlink socket runs one
+        dump at a time), never of elements: O(1) in the number of mappings."""
+        out = []
+        info = None
         for mtype in ((GETRULE, GETSET) if sets else (GETRULE,)):
+            reqs, seqs = [], []
+            if info is None:
+                seqs.append(self.next_seq())
+                reqs.append(table_get(family, tbl, seqs[-1]))
             seq = self.next_seq()
             body = struct.pack("!BBH", family, 0, 0) + _nlstr(1, tbl)  # NFTA_RULE_TABLE / NFTA_SET_TABLE
-            r = self.request([_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body], [seq])[seq]
+            reqs.append(_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body)
+            res = self.request(reqs, seqs + [seq])
+            if info is None:
+                t = res[seqs[0]]
+                if isinstance(t, int):
+                    if t == _errno.ENOENT:
+                        return None
+                    raise OSError(t, posix.strerror(t))
+                info = TableInfo.parse(t[0])
+            r = res[seq]
             if isinstance(r, int):
                 if r == _errno.ENOENT:
                     return None
@@ -527,7 +600,23 @@ class NetfilterSocket:
             a = attrs(m, 20)
             chains.setdefault(a.get(2, b"").rstrip(b"\0").decode(), []).append(udata_comment(a.get(7)))
         names = {attrs(m, 20).get(2, b"").rstrip(b"\0").decode() for m in out[1]} if sets else None
-        return chains, names
+        return chains, names, info
+
+    def tables(self, queries: list[tuple[int, str]]) -> list:
+        """Per (family, table): its :class:`TableInfo`, or None if missing.  Single GETTABLE
+        lookups, all in one write."""
+        seqs = [self.next_seq() for _ in queries]
+        res = self.request([table_get(f, t, s) for (f, t), s in zip(queries, seqs)], seqs)
+        out = []
+        for seq in seqs:
+            r = res[seq]
+            if isinstance(r, int):
+                if r != _errno.ENOENT:
+                    raise OSError(r, f"get table: {posix.strerror(r)}")
+                out.append(None)
+            else:
+                out.append(TableInfo.parse(r[0]))
+        return out
 
     def dump_elems(self, family: int, tbl: str, set_name: str) -> list[Elem] | None:
         """All elements of a set (None if the table/set does not exist). O(n): off the hot path."""

@@ -122,6 +122,12 @@ class Attachment:
         """Owner comment without the creation stamp."""
         return f"{self.tag} {self.network}"
 
+    @property
+    def owner_hash(self) -> bytes:
+        """The 16 bytes naming this owner in ``claims``/``owned`` keys."""
+        from nlportmap.plan import Owner
+        return Owner(self.cid, self.ifname, self.network).hash
+
     def ip(self, fam: int) -> str | None:
         return self.ip4 if fam == 4 else self.ip6
 
@@ -345,7 +351,7 @@ class Model:
                         continue
                     a = self.atts[tag]
                     cip, cport = a.forwards()[(fam, proto, hip, port)]
-                    out[(fam, L.CLAIMS)].add((L.claim_key(proto, hip, port, tag).hex(),
+                    out[(fam, L.CLAIMS)].add((L.claim_key(proto, hip, port, a.owner_hash).hex(),
                                               L.claim_data(cip, cport).hex(), a.comment))
         if hasattr(L, "OWNED"):  # each attachment's manifest: its forwards per family, in plan order
             for tag in self.added:
@@ -354,7 +360,7 @@ class Model:
                 for fam in (4, 6):
                     recs = [(k, v) for k, v in fw.items() if k[0] == fam]
                     for slot, ((_, proto, hip, port), (cip, _cport)) in enumerate(recs):
-                        out[(fam, L.OWNED)].add((L.record_key(tag, slot).hex(),
+                        out[(fam, L.OWNED)].add((L.record_key(a.owner_hash, slot).hex(),
                                                  L.record_data(proto, hip, port, cip).hex(), a.comment))
         return out
 

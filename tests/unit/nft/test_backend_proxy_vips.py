@@ -19,7 +19,8 @@ class FakeSock:
     def table_inventory(self, family, tbl, sets=True):
         fam = 4 if family == N.NFPROTO_IPV4 else 6
         fp = L.fingerprint(fam, ())
-        return {c: [fp] * n for c, n in L.expected_rules(fam, ()).items()}, (set(L.ALL_SETS) if sets else None)
+        return ({c: [fp] * n for c, n in L.expected_rules(fam, ()).items()}, (set(L.ALL_SETS) if sets else None),
+                N.TableInfo(0, L.TABLE_COMMENT))
 
     def get_elems(self, queries):
         return [None] * len(queries)
