@@ -351,3 +351,21 @@ def test_sigkill_during_add_then_restore(node4):
     assert rc == 0, out + err
     node.host.run("nft", "flush", "ruleset")
     assert restored(node) == []
+
+
+def test_daemon_wakes_a_dormant_table(node4):
+    """Issue 16.7: a table made dormant forwards nothing; CHECK says so, the daemon notices
+    the flag being set (a NEWTABLE notification) and the restore clears it."""
+    node = node4
+    a = node.add_pod([port_mapping(8080, 80)], {"backend": "nftables"})
+    d = Daemon(node)
+    try:
+        d.wait("self-healing on")
+        node.host.run("nft", "add", "table", "ip", "nlportmap", "{ flags dormant; }")
+        d.wait("heal: restored 1 attachment(s)", 3)
+    finally:
+        d.close()
+    assert "dormant" not in node.host.run("nft", "list", "table", "ip", "nlportmap", text=True).stdout
+    node.check_pod(a)
+    with echo_server(a.ns, proto="tcp", port=80):
+        assert _answers(node, 8080, 3)
