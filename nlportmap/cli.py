@@ -107,12 +107,15 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.backend != "all":
                 print(f"nlportmap: {n}: {e}", file=sys.stderr)
                 return 1
-    rows.sort(key=lambda r: (r.state != "active", r.host_port, r.proto, r.family, r.host_ip or "",
+    from .restore import drift
+    rows = drift(rows, tuple(names))  # recorded or not, and recorded forwards the kernel lacks
+    order = {"active": 0, "shadowed": 1, "missing": 2}
+    rows.sort(key=lambda r: (order.get(r.state, 3), r.host_port, r.proto, r.family, r.host_ip or "",
                              r.owner.container_id if r.owner else ""))
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return 0
-    head = ("CONTAINER", "IFNAME", "NETWORK", "PROTO", "HOST", "CONTAINER-ADDR", "BACKEND", "STATE")
+    head = ("CONTAINER", "IFNAME", "NETWORK", "PROTO", "HOST", "CONTAINER-ADDR", "BACKEND", "STATE", "RECORDED")
     table = [head]
     for r in rows:
         o = r.owner
@@ -120,7 +123,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         host = f"[{hip}]:{r.host_port}" if r.family == 6 else f"{hip}:{r.host_port}"
         cont = f"[{r.container_ip}]:{r.container_port}" if r.family == 6 else f"{r.container_ip}:{r.container_port}"
         table.append((o.container_id[:20] if o else "?", o.ifname if o else "?", o.network if o else "?",
-                      r.proto, host, cont, r.backend, r.state))
+                      r.proto, host, cont, r.backend, r.state,
+                      {True: "yes", False: "no"}.get(r.recorded, "-")))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -438,7 +438,7 @@ class Listed(_Record):
     """One installed forward as read back from the kernel (``nlportmap list``)."""
 
     __slots__ = ("owner", "family", "proto", "host_ip", "host_port", "container_ip", "container_port",
-                 "backend", "state")
+                 "backend", "state", "recorded")
     owner: Owner | None
     family: int
     proto: str
@@ -447,20 +447,26 @@ class Listed(_Record):
     container_ip: str
     container_port: int
     backend: str
-    #: "active" (packets use it) or "shadowed" (taken over by a newer ADD; restored on its DEL)
+    #: "active" (packets use it), "shadowed" (taken over by a newer ADD; restored on its DEL) or
+    #: "missing" (recorded for self-healing but not in the kernel: ``nlportmap restore`` brings it back)
     state: str
+    #: whether the owner has a self-healing record (None: not compared)
+    recorded: bool | None
 
     def __init__(self, owner: Owner | None, family: int, proto: str, host_ip: str | None, host_port: int,
-                 container_ip: str, container_port: int, backend: str, state: str = "active") -> None:
+                 container_ip: str, container_port: int, backend: str, state: str = "active",
+                 recorded: bool | None = None) -> None:
         self._init(owner=owner, family=family, proto=proto, host_ip=host_ip, host_port=host_port,
-                   container_ip=container_ip, container_port=container_port, backend=backend, state=state)
+                   container_ip=container_ip, container_port=container_port, backend=backend, state=state,
+                   recorded=recorded)
 
     def to_dict(self) -> dict[str, Any]:
         o = self.owner
         return {"containerID": o.container_id if o else None, "ifname": o.ifname if o else None,
                 "network": o.network if o else None, "family": self.family, "protocol": self.proto,
                 "hostIP": self.host_ip, "hostPort": self.host_port, "containerIP": self.container_ip,
-                "containerPort": self.container_port, "backend": self.backend, "state": self.state}
+                "containerPort": self.container_port, "backend": self.backend, "state": self.state,
+                "recorded": self.recorded}
 
 
 def _conditions(conf: PlanConf, fam: int) -> tuple[Match, ...]:

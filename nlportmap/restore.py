@@ -28,6 +28,10 @@ import sys
 import time
 
 from . import records as R
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import Listed
 from .jsonio import Unsupported, loads
 
 __all__ = ["decode", "gc_records", "load_all", "main", "parse_name", "plan_of", "restore"]
@@ -156,6 +160,46 @@ def plan_of(rec: dict):
     ips = {int(k): v for k, v in (rec.get("containerIPs") or {}).items()}
     owner = Owner(rec["containerID"], rec["ifname"], rec["network"])
     return make_plan(conf, {4: ips.get(4), 6: ips.get(6)}, owner), conf
+
+
+def drift(rows: list[Listed], backend_names: tuple[str, ...] = ("nftables", "iptables")) -> list[Listed]:
+    """Compare the kernel's forwards (``rows``, from the backends' ``list()``) with this
+    netns's records: returns ``rows`` with ``recorded`` set on each (its owner has a record),
+    plus one row with state ``"missing"`` per recorded forward the kernel does not have.
+    iptables state has no ifname, so its rows match a record on network + container ID."""
+    from .plan import Listed
+    recs = [r for _, r in load_all() if r is not None and r.get("backend") in backend_names]
+    owners = {(r["network"], r["containerID"], r["ifname"]) for r in recs}
+    owners_no_if = {(n, c) for n, c, _ in owners}
+
+    def ident(row: Listed) -> tuple:
+        o = row.owner
+        if o is None:
+            return ()
+        if row.backend == "iptables":
+            return (o.network, o.container_id)
+        return (o.network, o.container_id, o.ifname)
+
+    out = []
+    present = set()
+    for row in rows:
+        i = ident(row)
+        rec = bool(i) and (i in owners_no_if if row.backend == "iptables" else i in owners)
+        out.append(row.replace(recorded=rec))
+        present.add((i, row.backend, row.family, row.proto, row.host_ip, row.host_port))
+    for r in recs:
+        try:
+            plan = plan_of(r)[0]
+        except Exception:  # an undecodable record: restore reports it
+            continue
+        o = plan.owner
+        b = r.get("backend") or "nftables"
+        i = (o.network, o.container_id) if b == "iptables" else (o.network, o.container_id, o.ifname)
+        for f in plan.forwards:
+            if (i, b, f.family, f.proto, f.host_ip, f.host_port) not in present:
+                out.append(Listed(o, f.family, f.proto, f.host_ip, f.host_port, f.container_ip,
+                                  f.container_port, b, state="missing", recorded=True))
+    return out
 
 
 def _problems(backend, plan) -> list[str]:

@@ -369,3 +369,29 @@ def test_daemon_wakes_a_dormant_table(node4):
     node.check_pod(a)
     with echo_server(a.ns, proto="tcp", port=80):
         assert _answers(node, 8080, 3)
+
+
+def test_list_shows_drift_between_records_and_kernel(node4):
+    """Issue 11: a record names its owner as the kernel objects do, so `nlportmap list`
+    shows recorded-but-missing forwards (after a flush) and present-but-unrecorded ones."""
+    node = node4
+    a = node.add_pod([port_mapping(8080, 80)], {"backend": "nftables"})
+    mine = [r for r in node.listing() if r["containerID"] == a.cid]
+    assert {(r["hostPort"], r["state"], r["recorded"]) for r in mine} == {(8080, "active", True)}
+    node.host.run("nft", "flush", "ruleset")
+    mine = [r for r in node.listing() if r["containerID"] == a.cid]
+    assert {(r["hostPort"], r["state"], r["recorded"]) for r in mine} == {(8080, "missing", True)}
+    assert restored(node) == [a.cid]
+    node.host.call(_forget_records)  # in the node netns: its records directory
+    mine = [r for r in node.listing() if r["containerID"] == a.cid]
+    assert {(r["hostPort"], r["state"], r["recorded"]) for r in mine} == {(8080, "active", False)}
+
+
+def _forget_records():
+    from nlportmap import records
+    from nlportmap.plan import Owner
+    from nlportmap.restore import load_all
+    recs = load_all()
+    assert recs
+    for _, rec in recs:
+        assert records.remove(Owner(rec["containerID"], rec["ifname"], rec["network"]))
