@@ -115,10 +115,13 @@ class Node:
         """``nlportmap list --json`` rows of one container (any backend)."""
         return [r for r in self.listing() if r["containerID"] == cid]
 
-    def listing(self) -> list[dict]:
+    def listing(self, drift: bool = False) -> list[dict]:
+        """``nlportmap list --json``: the forwards in the kernel; with ``drift``, also the
+        recorded ones the kernel lacks (state "missing")."""
         rc, out, err = self._run_cli("list", "--json")
         assert rc == 0, err
-        return json.loads(out)
+        rows = json.loads(out)
+        return rows if drift else [r for r in rows if r["state"] != "missing"]
 
     def _run_cli(self, *args):
         cp = self.host.run(EXE, *args, check=False, text=True)
