@@ -130,9 +130,15 @@ def driver(ns, job: dict, timeout: float = 900) -> dict:
     return json.loads(cp.stdout)
 
 
+#: nlportmap's lock files and self-healing records go to the run's own work dir (removed at
+#: the end), never to the node's /run/nlportmap: set in main()
+PRIVATE_DIRS: dict[str, str] = {}
+
+
 def start_daemon(ns, sock: str, log: str):
     f = open(log, "w")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNI_", "NLPORTMAP_"))}
+    env.update(PRIVATE_DIRS)  # the same lock and record dirs as the plugin calls (the daemon checks)
     p = ns.popen(sys.executable, "-m", "nlportmap", "daemon", "--socket", sock, env=env,
                  stdout=f, stderr=subprocess.STDOUT)
     f.close()
@@ -204,7 +210,7 @@ def run_config(cfg: Config, backlog: int, args, workdir: str, measure_latency: b
     res: dict = {"backlog": backlog}
     with Topology(ipv6=False, prefix="nlpm-bench") as t:
         pod = t.add_pod_manual("pod")
-        base_env = {**cfg.env, "CNI_NETNS": pod.path}
+        base_env = {**cfg.env, **PRIVATE_DIRS, "CNI_NETNS": pod.path}
         daemon = None
         try:
             if cfg.daemon:
@@ -551,6 +557,9 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     workdir = tempfile.mkdtemp(prefix="nlpm-bench-")
     t_start = time.perf_counter()
+    for key, sub_dir in (("NLPORTMAP_LOCK_DIR", "locks"), ("NLPORTMAP_STATE_DIR", "state")):
+        PRIVATE_DIRS[key] = os.path.join(workdir, sub_dir)
+        os.environ[key] = PRIVATE_DIRS[key]  # also for the driver's own fill transactions
     try:
         # the cold install: exactly the file `nlportmap install` writes into a CNI bin dir
         bindir = os.path.join(workdir, "cni-bin")
