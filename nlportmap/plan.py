@@ -199,8 +199,10 @@ class Forward(_Record):
 class Masq(_Record):
     """Masquerade DNATed traffic from ``saddr`` (``None`` = any source, masqAll) to ``daddr``.
 
-    The hairpin case is ``saddr == daddr == container IP``; the IPv4 localhost
-    case is ``saddr = 127.0.0.1``.
+    ``saddr`` is an address or a prefix (``10.42.0.0/24``).  The container's own subnet
+    (from prevResult) covers hairpin (the pod to itself) and every other pod on its
+    bridge, whose replies would otherwise go straight back over the bridge (as
+    iptables' ``-s <containerNet>``); the IPv4 localhost case is ``saddr = 127.0.0.1``.
     """
 
     __slots__ = ("family", "saddr", "daddr")
@@ -338,6 +340,14 @@ def _conditions(conf: PlanConf, fam: int) -> tuple[Match, ...]:
         raise
 
 
+def _network(version: int, packed: bytes, plen: int) -> str:
+    """``str(ipaddress.ip_interface(...).network)`` from its parts: ``10.42.0.0/24``."""
+    bits = 8 * len(packed)
+    mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
+    net = (int.from_bytes(packed, "big") & mask).to_bytes(len(packed), "big")
+    return f"{addr.canonical(version, net)}/{plen}"
+
+
 def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner) -> Plan:
     """Build the plan for one attachment.
 
@@ -358,7 +368,7 @@ def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner
         cidr = cidrs.get(fam)
         if not cidr:
             continue
-        version, packed, _ = addr.parse_interface(cidr)
+        version, packed, plen = addr.parse_interface(cidr)
         cip = addr.canonical(version, packed)
         seen: set[tuple[int, str, str | None, int]] = set()
         for m in mappings:
@@ -377,7 +387,7 @@ def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner
             if conf.masqAll:
                 masqs.append(Masq(fam, None, cip))
             else:
-                masqs.append(Masq(fam, cip, cip))
+                masqs.append(Masq(fam, _network(version, packed, plen), cip))
                 if fam == 4:
                     masqs.append(Masq(fam, "127.0.0.1", cip))
         for m in mappings:

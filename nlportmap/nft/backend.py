@@ -130,8 +130,8 @@ class NftBackend:
             s, k = L.forward_key(f.family, f.proto, f.host_ip, f.host_port)
             out.append((f.family, s, k, L.forward_data(f.container_ip, f.container_port), f"DNAT {f}"))
         for m in plan.masqs:
-            s, k = L.masq_key(m.saddr, m.daddr)
-            out.append((m.family, s, k, None, str(m)))
+            ms, mk = L.masq_key(m.saddr, m.daddr)  # mk: a range in masq_nets
+            out.append((m.family, ms, mk, None, str(m)))
         return out
 
     # ------------------------------------------------------------ manifest
@@ -179,7 +179,7 @@ class NftBackend:
         for (fam, s, k), cur in zip(q, have):
             if cur is None or Owner.tag_of(cur.comment) != me:
                 continue
-            dels.setdefault((fam, s), []).append((k, None, None))
+            dels.setdefault((fam, s), []).append((cur.full_key, None, None))
             if s != L.CLAIMS:
                 freed[fam].append((s, k))
             if cur.data:  # the pod's IP, for its masquerade elements (no prevResult needed)
@@ -188,13 +188,15 @@ class NftBackend:
         mq = []
         for fam, fips in ips.items():
             for ip in sorted(fips):
-                cands = [L.masq_key(ip, ip), L.masq_key(None, ip)]
+                # masq_nets: a point inside the pod's own range finds it whatever its prefix;
+                # masq_pairs' "pod . pod": written by layout <= 3
+                cands = [(L.MASQ_NETS, L.masq_net_point(ip)), L.masq_key(ip, ip), L.masq_key(None, ip)]
                 if fam == 4:
                     cands.append(L.masq_key("127.0.0.1", ip))
-                mq += [(fam, s, k) for s, k in cands]
-        for (fam, s, k), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in mq])):
+                mq += [(fam, ms, mk) for ms, mk in cands]
+        for (fam, s, _), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, ms, mk) for f, ms, mk in mq])):
             if cur is not None and Owner.tag_of(cur.comment) == me:
-                dels.setdefault((fam, s), []).append((k, None, None))
+                dels.setdefault((fam, s), []).append((cur.full_key, None, None))
         self._promotions(freed, lambda c: Owner.tag_of(c) == me, dels, adds)
 
     # ----------------------------------------------------------------- ADD
@@ -247,7 +249,8 @@ class NftBackend:
             for (fam, s, k, d, label), cur in zip(wanted, have):
                 if cur is not None:
                     owner = Owner.tag_of(cur.comment)
-                    if owner == me and cur.data == d and (cur.comment or "").split(" @")[0] == base:
+                    if (owner == me and cur.data == d and cur.full_key == k
+                            and (cur.comment or "").split(" @")[0] == base):
                         continue  # identical: nothing to do (keeps its creation stamp)
                     if owner != me:
                         if conflict_policy == "reject":
@@ -259,7 +262,7 @@ class NftBackend:
                             adds.setdefault((fam, L.CLAIMS), []).append(
                                 (L.claim_key(proto, hip, port, owner),
                                  L.claim_data_from_live(fam, cur.data), cur.comment))
-                    dels.setdefault((fam, s), []).append((k, None, None))
+                    dels.setdefault((fam, s), []).append((cur.full_key, None, None))
                 adds.setdefault((fam, s), []).append((k, d, comment))
             for (fam, k), cur in zip(my_claims, claims_have):
                 if cur is not None:  # we were shadowed before; now we own the port again
@@ -375,7 +378,7 @@ class NftBackend:
                 for s in L.SETS:
                     for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s) or ():
                         if doomed(e.comment):
-                            dels.setdefault((fam, s), []).append((e.key, None, None))
+                            dels.setdefault((fam, s), []).append((e.full_key, None, None))
                             if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS):
                                 freed[fam].append((s, e.key))
             self._promotions(freed, doomed, dels, adds)
@@ -401,7 +404,7 @@ class NftBackend:
                 problems.append(f"missing {label} (element of {where})")
             elif Owner.tag_of(cur.comment) != me:
                 problems.append(f"{label} is owned by {cur.comment!r}, not {me!r} ({where})")
-            elif cur.data != d:
+            elif cur.data != d or cur.full_key != k:
                 problems.append(f"{label} points elsewhere ({where})")
         if problems:
             raise InternalError("CHECK failed: " + "; ".join(problems))

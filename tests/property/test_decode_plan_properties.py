@@ -20,6 +20,7 @@ Properties:
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import socket
 import subprocess
@@ -209,8 +210,8 @@ def _check_plan(plan, conf, ms, ips, want):
             cip = want[next(k for k in want if k[0] == fam)][0]
             if conf.get("masqAll", False):
                 masq.add((fam, None, cip))
-            else:
-                masq.add((fam, cip, cip))
+            else:  # the container's subnet (hairpin and the other pods on its bridge)
+                masq.add((fam, str(ipaddress.ip_interface(ips[fam]).network), cip))
                 if fam == 4:
                     masq.add((fam, "127.0.0.1", cip))
     assert {(m.family, m.saddr, m.daddr) for m in plan.masqs} == masq
