@@ -268,6 +268,13 @@ class Plan(_Record):
                    route_localnet_ip=route_localnet_ip, container_cidrs=container_cidrs or {},
                    all_mappings=all_mappings, host_keys=host_keys, proxy_vips=proxy_vips)
 
+    def pod_flows(self) -> list[tuple[int, str, int, str]]:
+        """``(family, proto, host port, pod IP)`` of the UDP/SCTP forwards: whose conntrack
+        entries DEL deletes (with the pod IP from prevResult; without it, from what the
+        backend removed, see ``Backend.unforward``)."""
+        return [(f.family, f.proto, f.host_port, f.container_ip) for f in self.forwards
+                if f.proto in ("udp", "sctp")]
+
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))
 
@@ -281,6 +288,8 @@ class Plan(_Record):
                 lines.append(f"  conditions ipv{fam}: " + " ".join(str(c) for c in conds))
         for fam, proto, port in self.conntrack_flush:
             lines.append(f"  conntrack delete ipv{fam} {proto} dport {port}")
+        for fam, proto, port, pod in self.pod_flows():
+            lines.append(f"  on DEL: conntrack delete ipv{fam} {proto} dport {port} reply src {pod}")
         if self.route_localnet_ip:
             lines.append(f"  sysctl route_localnet=1 on route to {self.route_localnet_ip}")
         return "\n".join(lines)

@@ -163,10 +163,12 @@ class NftBackend:
             got = None
         return out
 
-    def _release(self, me: str, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:
+    def _release(self, me: str, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict,
+                 removed: list[tuple[int, str, int, str]] | None = None) -> None:
         """Queue the removal of ``me``'s live forwards on ``keys`` ({fam: {(proto, host_ip, port)}}),
         its shadowed claims on them, and its masquerade elements for ``pod_ips``; a freed port
-        goes to the newest surviving displaced claim.  Elements owned by others are kept."""
+        goes to the newest surviving displaced claim.  Elements owned by others are kept.
+        ``removed`` gets ``(family, proto, host port, pod IP)`` of each forward queued."""
         q = []
         for fam, ks in keys.items():
             for proto, hip, port in sorted(ks, key=str):
@@ -184,7 +186,11 @@ class NftBackend:
                 freed[fam].append((s, k))
             if cur.data:  # the pod's IP, for its masquerade elements (no prevResult needed)
                 live = L.live_data_from_claim(fam, cur.data) if s == L.CLAIMS else cur.data
-                ips.setdefault(fam, set()).add(L.parse_forward_data(fam, live)[0])
+                pod = L.parse_forward_data(fam, live)[0]
+                ips.setdefault(fam, set()).add(pod)
+                if removed is not None:  # its conntrack entries go after the commit (DEL)
+                    proto, _, port = L.parse_claim_key(fam, k) if s == L.CLAIMS else L.parse_forward_key(fam, s, k)
+                    removed.append((fam, proto, port, pod))
         mq = []
         for fam, fips in ips.items():
             for ip in sorted(fips):
@@ -330,7 +336,7 @@ class NftBackend:
                 by_prefix[c.key[:24]].remove(c)
 
     # ----------------------------------------------------------------- DEL
-    def unforward(self, plan: Plan) -> int:
+    def unforward(self, plan: Plan, removed: list[tuple[int, str, int, str]] | None = None) -> int:
         """Remove what ``plan.owner`` owns; returns ops committed.  Never fails for missing state.
 
         What to remove comes from the owner's manifest (everything its ADDs
@@ -339,11 +345,15 @@ class NftBackend:
         masquerade keys of its container IPs.  A port this owner had taken over
         goes back to the newest surviving displaced claim.  Without any mapping
         and without a manifest (state written by an older layout), it falls back
-        to scanning the sets for the owner's comment (O(n), rare).
+        to scanning the sets for the owner's comment (O(n), rare).  ``removed`` gets
+        ``(family, proto, host port, pod IP)`` of each forward removed (read from the
+        elements deleted: DEL needs no prevResult for its conntrack clean-up).
         """
         me = plan.owner.tag
+        found: list[tuple[int, str, int, str]] = []
 
         def build():
+            found.clear()  # a retried batch reads again
             old = self._manifest(me)
             if not plan.host_keys and not any(old.values()):
                 return None  # nothing to go by: scan (below)
@@ -360,17 +370,23 @@ class NftBackend:
                     keys[fam].add(rec[:3])
                     ips[fam].add(rec[3])
                     dels.setdefault((fam, L.OWNED), []).append((L.record_key(me, slot), None, None))
-            self._release(me, keys, ips, dels, adds)
+            self._release(me, keys, ips, dels, adds, found)
             return self._elem_ops(dels, adds)
 
         n = self._transact(lambda: build() or [], "DEL")
         if n == 0 and not plan.host_keys:
-            return self._remove_where(lambda c: Owner.tag_of(c) == me, "DEL")
+            return self._remove_where(lambda c: Owner.tag_of(c) == me, "DEL", removed)
+        if removed is not None:
+            removed += found
         return n
 
-    def _remove_where(self, doomed, what: str) -> int:
-        """Delete every element whose comment satisfies ``doomed``, promoting surviving claims."""
+    def _remove_where(self, doomed, what: str, removed: list[tuple[int, str, int, str]] | None = None) -> int:
+        """Delete every element whose comment satisfies ``doomed``, promoting surviving claims
+        (``removed``: as in :meth:`unforward`)."""
+        found: list[tuple[int, str, int, str]] = []
+
         def build():
+            found.clear()
             dels: dict = {}
             adds: dict = {}
             freed: dict[int, list] = {4: [], 6: []}
@@ -381,9 +397,15 @@ class NftBackend:
                             dels.setdefault((fam, s), []).append((e.full_key, None, None))
                             if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS):
                                 freed[fam].append((s, e.key))
+                                if e.data:
+                                    proto, _, port = L.parse_forward_key(fam, s, e.key)
+                                    found.append((fam, proto, port, L.parse_forward_data(fam, e.data)[0]))
             self._promotions(freed, doomed, dels, adds)
             return self._elem_ops(dels, adds)
-        return self._transact(build, what)
+        n = self._transact(build, what)
+        if removed is not None:
+            removed += found
+        return n
 
     # ----------------------------------------------------------------- CHECK
     def check(self, plan: Plan) -> None:

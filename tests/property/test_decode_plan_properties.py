@@ -49,7 +49,7 @@ class FakeBackend:
         self.calls.append(("forward", plan, policy))
         return 1
 
-    def unforward(self, plan):
+    def unforward(self, plan, removed=None):
         self.calls.append(("unforward", plan))
         return 1
 
@@ -94,6 +94,8 @@ def no_kernel():
     with mock.patch("socket.socket", _GuardedSocket), \
             mock.patch("subprocess.Popen", _GuardedPopen), \
             mock.patch("nlportmap.sidefx.run_side_effects", _no_side_effects), \
+            mock.patch("nlportmap.sidefx.delete_pod_flows", _no_side_effects), \
+            mock.patch("nlportmap.sidefx.delete_pod_flows_sync", lambda flows: None), \
             mock.patch("nlportmap.backends.all_backends", lambda conf: [state["backend"]]), \
             mock.patch("nlportmap.backends.backend_status", lambda conf: None), \
             mock.patch.object(Plugin, "_cleanup_upstream", staticmethod(lambda plan, backend: None)):
