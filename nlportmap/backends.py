@@ -42,8 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
         def check(self, plan: Plan) -> None:
             """CHECK: raise naming each missing or wrong object."""
 
-        def unforward(self, plan: Plan) -> int:
-            """DEL: remove what ``plan.owner`` owns; never fails for missing state."""
+        def unforward(self, plan: Plan, removed: list[tuple[int, str, int, str]] | None = None) -> int:
+            """DEL: remove what ``plan.owner`` owns; never fails for missing state.  Appends
+            ``(family, proto, host port, pod IP)`` of each forward it removed to ``removed``
+            (read from the kernel objects themselves: DEL may come without prevResult)."""
 
         def gc(self, valid_tags: set[str], network: str | None = None, started_ms: int | None = None) -> int:
             """GC: remove ``network``'s state whose owner tag is not in ``valid_tags``."""

@@ -151,9 +151,7 @@ def _defer_socket_closes() -> None:
     RCU grace period), and DEL opens one of its own (upstream clean-up).  An exec'd
     plugin pays it at exit; the daemon need not make the caller wait for it."""
     import queue
-    from .nft import netlink as N
-    if getattr(N.NetfilterSocket, "_nlportmap_deferred", False):
-        return
+    from .nft import wire
     q: queue.SimpleQueue = queue.SimpleQueue()
 
     def closer() -> None:
@@ -161,12 +159,7 @@ def _defer_socket_closes() -> None:
             q.get().close()
 
     threading.Thread(target=closer, name="netlink-closer", daemon=True).start()
-
-    def close(self) -> None:
-        q.put(self.sock)
-
-    N.NetfilterSocket.close = close
-    N.NetfilterSocket._nlportmap_deferred = True
+    wire.set_closer(q.put)
 
 
 # ----------------------------------------------------------------- plugin

@@ -337,8 +337,10 @@ class Forward(_Record):
 class Masq(_Record):
     """Masquerade DNATed traffic from ``saddr`` (``None`` = any source, masqAll) to ``daddr``.
 
-    The hairpin case is ``saddr == daddr == container IP``; the IPv4 localhost
-    case is ``saddr = 127.0.0.1``.
+    ``saddr`` is an address or a prefix (``10.42.0.0/24``).  The container's own subnet
+    (from prevResult) covers hairpin (the pod to itself) and every other pod on its
+    bridge, whose replies would otherwise go straight back over the bridge (as
+    iptables' ``-s <containerNet>``); the IPv4 localhost case is ``saddr = 127.0.0.1``.
     """
 
     __slots__ = ("family", "saddr", "daddr")
@@ -404,6 +406,13 @@ class Plan(_Record):
                    route_localnet_ip=route_localnet_ip, container_cidrs=container_cidrs or {},
                    all_mappings=all_mappings, host_keys=host_keys, proxy_vips=proxy_vips)
 
+    def pod_flows(self) -> list[tuple[int, str, int, str]]:
+        """``(family, proto, host port, pod IP)`` of the UDP/SCTP forwards: whose conntrack
+        entries DEL deletes (with the pod IP from prevResult; without it, from what the
+        backend removed, see ``Backend.unforward``)."""
+        return [(f.family, f.proto, f.host_port, f.container_ip) for f in self.forwards
+                if f.proto in ("udp", "sctp")]
+
     def families(self) -> tuple[int, ...]:
         return tuple(sorted({f.family for f in self.forwards} | {m.family for m in self.masqs}))
 
@@ -417,6 +426,8 @@ class Plan(_Record):
                 lines.append(f"  conditions ipv{fam}: " + " ".join(str(c) for c in conds))
         for fam, proto, port in self.conntrack_flush:
             lines.append(f"  conntrack delete ipv{fam} {proto} dport {port}")
+        for fam, proto, port, pod in self.pod_flows():
+            lines.append(f"  on DEL: conntrack delete ipv{fam} {proto} dport {port} reply src {pod}")
         if self.route_localnet_ip:
             lines.append(f"  sysctl route_localnet=1 on route to {self.route_localnet_ip}")
         return "\n".join(lines)
@@ -482,6 +493,14 @@ def _conditions(conf: PlanConf, fam: int) -> tuple[Match, ...]:
         raise
 
 
+def _network(version: int, packed: bytes, plen: int) -> str:
+    """``str(ipaddress.ip_interface(...).network)`` from its parts: ``10.42.0.0/24``."""
+    bits = 8 * len(packed)
+    mask = ((1 << bits) - 1) ^ ((1 << (bits - plen)) - 1)
+    net = (int.from_bytes(packed, "big") & mask).to_bytes(len(packed), "big")
+    return f"{addr.canonical(version, net)}/{plen}"
+
+
 def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner) -> Plan:
     """Build the plan for one attachment.
 
@@ -502,7 +521,7 @@ def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner
         cidr = cidrs.get(fam)
         if not cidr:
             continue
-        version, packed, _ = addr.parse_interface(cidr)
+        version, packed, plen = addr.parse_interface(cidr)
         cip = addr.canonical(version, packed)
         seen: set[tuple[int, str, str | None, int]] = set()
         for m in mappings:
@@ -521,7 +540,7 @@ def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner
             if conf.masqAll:
                 masqs.append(Masq(fam, None, cip))
             else:
-                masqs.append(Masq(fam, cip, cip))
+                masqs.append(Masq(fam, _network(version, packed, plen), cip))
                 if fam == 4:
                     masqs.append(Masq(fam, "127.0.0.1", cip))
         for m in mappings:

@@ -165,11 +165,14 @@ class Plugin:
             return
         t = self._lap("presence", t)
         backend = self.backend_for(req.conf)
+        removed: list[tuple[int, str, int, str]] = []
         with Unrecorded(plan.owner):  # the record goes after the transaction, under the same lock
-            backend.unforward(plan)
+            backend.unforward(plan, removed=removed)
         t = self._lap("transaction", t)
         if getattr(backend, "name", "") != "nftables":
-            self._cleanup_nftables(plan)
+            self._cleanup_nftables(plan, removed)
+        self._delete_pod_flows(plan, removed)
+        t = self._lap("conntrack", t)
         if self._settings.get("NLPORTMAP_UPSTREAM_CLEANUP", "1") != "0":
             self._cleanup_upstream(plan, backend)
         self._lap("upstream_cleanup", t)
@@ -196,8 +199,26 @@ class Plugin:
                 return None
         return self._sock
 
+    def _delete_pod_flows(self, plan, removed):
+        """After DEL's commit: delete the UDP/SCTP conntrack entries of the removed
+        forwards (pod IP from prevResult, else from what the backend removed), so a
+        client's flow does not stay pinned to the deleted pod.  Never fails DEL
+        (:func:`nlportmap.sidefx.delete_pod_flows_sync` logs a warning instead)."""
+        flows = {fl for fl in (*plan.pod_flows(), *removed) if fl[1] != "tcp"}
+        if not flows:
+            return
+        try:
+            if self._cold:
+                from .sidefx import delete_pod_flows_sync
+                delete_pod_flows_sync(flows, self._held)
+            else:
+                from .sidefx import delete_pod_flows
+                self.run_async(delete_pod_flows, flows)
+        except Exception as e:  # a failing DEL wedges teardown
+            sys.stderr.write(f"nlportmap: warning: could not delete conntrack entries: {e}\n")
+
     @staticmethod
-    def _cleanup_nftables(plan) -> None:
+    def _cleanup_nftables(plan, removed=None) -> None:
         """DEL through iptables also removes this attachment's nftables state: the
         network's backend may have changed since its ADD (an operator added
         ``backend`` or ``externalSetMarkChain`` to a live conflist).  The other
@@ -208,7 +229,7 @@ class Plugin:
             b = NftBackend()
             try:
                 if b.usable() is None:
-                    b.unforward(plan)
+                    b.unforward(plan, removed=removed)
             finally:
                 b.close()
         except Exception as e:

@@ -1,4 +1,4 @@
-"""Side effects of ADD that run after the transaction commits.
+"""Side effects of ADD (and DEL) that run after the transaction commits.
 
 Two runners share the message encoders and parsers below: :func:`run_side_effects`
 (concurrently under anyio, for the daemon's long-lived loop and many conntrack
@@ -13,6 +13,9 @@ the few conntrack messages of an ADD take; docs/performance.md).
   one kernel-side filtered ``IPCTNL_MSG_CT_DELETE`` (CTA_TUPLE_ORIG partial +
   CTA_FILTER; Linux >= 6.11), else a filtered dump and one delete per entry.
   Failures are logged to stderr, never fatal (upstream behaves the same).
+* DEL (:func:`delete_pod_flows_sync` / :func:`delete_pod_flows`): the UDP/SCTP entries
+  whose original destination port is one of the deleted pod's host ports and whose
+  reply-direction source is the pod (``CTA_FILTER_REPLY_FLAGS``); same two paths.
 * ``net.ipv4.conf.<if>.route_localnet=1`` on the interface that routes to the
   IPv4 container address (so 127.0.0.1:hostPort can be DNATed out); failure
   is fatal, as upstream.
@@ -31,11 +34,12 @@ import time
 import _socket as socket
 import posix
 
+from .nft.wire import release
 from .nlmsg import collect
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Generator, Iterator
+    from collections.abc import Generator, Iterable, Iterator
 
     from .plan import Plan
 
@@ -100,9 +104,13 @@ async def _exchange(s: socket.socket, data: bytes, seq: int, timeout: float = 5.
 
 
 CTA_FILTER, NLA_F_NESTED = 25, 0x8000
-CTA_FILTER_ORIG_FLAGS = 1
+CTA_FILTER_ORIG_FLAGS, CTA_FILTER_REPLY_FLAGS = 1, 2   # enum ctattr_filter
+CTA_TUPLE_REPLY, CTA_TUPLE_IP = 2, 1                   # enum ctattr_type, enum ctattr_tuple
+CTA_IP_V4_SRC, CTA_IP_V6_SRC = 1, 3                    # enum ctattr_ip
 #: CTA_FILTER_FLAG_CTA_PROTO_NUM | CTA_FILTER_FLAG_CTA_PROTO_DST_PORT (nfnetlink_conntrack.h)
 _FILTER_PROTO_DPORT = (1 << 3) | (1 << 5)
+#: CTA_FILTER_FLAG_CTA_IP_SRC (nfnetlink_conntrack.h)
+_FILTER_IP_SRC = 1 << 0
 
 
 def _nla(atype: int, payload: bytes) -> bytes:
@@ -110,14 +118,23 @@ def _nla(atype: int, payload: bytes) -> bytes:
     return struct.pack("=HH", n, atype) + payload + b"\0" * (-n % 4)
 
 
-def _ct_msg(mtype: int, flags: int, family: int, proto: int, port: int, seq: int) -> bytes:
+def _ct_msg(mtype: int, flags: int, family: int, proto: int, port: int, seq: int,
+            reply_src: bytes | None = None) -> bytes:
     """A ctnetlink request matching the original tuple's L4 protocol and destination port:
     ``CTA_TUPLE_ORIG { CTA_TUPLE_PROTO { CTA_PROTO_NUM u8, CTA_PROTO_DST_PORT be16 } }``
     plus ``CTA_FILTER { CTA_FILTER_ORIG_FLAGS u32 }`` (the kernel filters on these fields).
-    Byte-identical to pyroute2's ``nfct_msg`` encoding (tests/unit/test_sidefx_encoding.py)."""
+    Byte-identical to pyroute2's ``nfct_msg`` encoding (tests/unit/test_sidefx_encoding.py).
+    With ``reply_src`` (packed address: the pod, for DEL) also the reply tuple's source:
+    ``CTA_TUPLE_REPLY { CTA_TUPLE_IP { CTA_IP_V4_SRC | CTA_IP_V6_SRC } }`` and
+    ``CTA_FILTER_REPLY_FLAGS = CTA_FILTER_FLAG_CTA_IP_SRC``."""
     tup = _nla(CTA_TUPLE_ORIG, _nla(CTA_TUPLE_PROTO, _nla(CTA_PROTO_NUM, bytes((proto,)))
                                     + _nla(CTA_PROTO_DST_PORT, struct.pack("!H", port))))
-    flt = _nla(CTA_FILTER | NLA_F_NESTED, _nla(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", _FILTER_PROTO_DPORT)))
+    fl = _nla(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", _FILTER_PROTO_DPORT))
+    if reply_src is not None:
+        src = CTA_IP_V4_SRC if family == 4 else CTA_IP_V6_SRC
+        tup += _nla(CTA_TUPLE_REPLY, _nla(CTA_TUPLE_IP, _nla(src, reply_src)))
+        fl += _nla(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", _FILTER_IP_SRC))
+    flt = _nla(CTA_FILTER | NLA_F_NESTED, fl)
     body = struct.pack("!BBH", AF[family], 0, 0) + tup + flt
     return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_CTNETLINK << 8) | mtype, flags, seq, 0) + body
 
@@ -129,6 +146,18 @@ def _walk(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]]:
             return
         yield ty & 0x3FFF, off, ln
         off += (ln + 3) & ~3
+
+
+def _reply_src(msg: bytes) -> bytes | None:
+    """The reply-direction source address of a dumped entry (packed), or None."""
+    for ty, off, ln in _walk(msg, 20, len(msg)):
+        if ty == CTA_TUPLE_REPLY:
+            for t2, o2, l2 in _walk(msg, off + 4, off + ln):
+                if t2 == CTA_TUPLE_IP:
+                    for t3, o3, l3 in _walk(msg, o2 + 4, o2 + l2):
+                        if t3 in (CTA_IP_V4_SRC, CTA_IP_V6_SRC):
+                            return msg[o3 + 4: o3 + l3]
+    return None
 
 
 def _orig_tuple(msg: bytes) -> tuple[bytes, int | None, int | None]:
@@ -156,12 +185,15 @@ if TYPE_CHECKING:
     Steps = Generator[tuple[bytes, int], list[bytes], T]
 
 
-def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool) -> Steps[int]:
+def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool,
+                     reply_src: bytes | None = None) -> Steps[int]:
+    """Delete the entries of ``family`` whose original tuple has ``proto`` and destination
+    port ``port`` (and, with ``reply_src``, whose reply tuple's source is that address)."""
     pnum = PROTO_NUM[proto]
     seq = _seq()
     if not force_fallback:
         try:
-            yield _ct_msg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, family, pnum, port, seq), seq
+            yield _ct_msg(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, family, pnum, port, seq, reply_src), seq
             return -1
         except OSError as e:
             if e.errno == errno.ENOENT:  # filter matched nothing
@@ -171,9 +203,10 @@ def _ct_delete_steps(family: int, proto: str, port: int, force_fallback: bool) -
     # fallback: kernel-filtered dump (>= 5.8; older kernels dump all, so re-check here)
     seq += 1
     victims = []
-    for raw in (yield _ct_msg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, family, pnum, port, seq), seq):
+    for raw in (yield _ct_msg(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, family, pnum, port, seq, reply_src),
+                seq):
         tup, p, dp = _orig_tuple(raw)
-        if tup and p == pnum and dp == port:
+        if tup and p == pnum and dp == port and (reply_src is None or _reply_src(raw) == reply_src):
             victims.append(tup)
     n = 0
     for tup in victims:
@@ -248,28 +281,31 @@ async def _drive_async(steps: Steps[T], s: socket.socket) -> T:
         value: T = stop.value  # the generator's return value
         return value
     finally:
-        s.close()
+        release(s)  # the daemon closes off the request path (nlportmap.nft.wire.set_closer)
 
 
 def _force_fallback() -> bool:
     return bool(posix.environ.get(FORCE_FALLBACK_ENV.encode()))
 
 
-async def delete_conntrack(family: int, proto: str, port: int) -> int:
-    """Delete conntrack entries (family 4|6, proto udp|sctp, orig dst port ``port``).
+async def delete_conntrack(family: int, proto: str, port: int, reply_src: bytes | None = None) -> int:
+    """Delete conntrack entries (family 4|6, proto udp|sctp, orig dst port ``port``;
+    with ``reply_src``, a packed address, only those whose reply source it is).
 
     Returns the number deleted in the fallback path, -1 when the kernel-side
     filter did it in one request (the kernel does not report a count).
     Raises OSError on netlink failures.
     """
-    return await _drive_async(_ct_delete_steps(family, proto, port, _force_fallback()), _open(NETLINK_NETFILTER))
+    return await _drive_async(_ct_delete_steps(family, proto, port, _force_fallback(), reply_src),
+                              _open(NETLINK_NETFILTER))
 
 
-def delete_conntrack_sync(family: int, proto: str, port: int, keep: list[socket.socket] | None = None) -> int:
+def delete_conntrack_sync(family: int, proto: str, port: int, reply_src: bytes | None = None,
+                          keep: list[socket.socket] | None = None) -> int:
     """:func:`delete_conntrack` on a blocking socket (cold path).  With ``keep``, the socket
     is appended to it instead of closed: closing a NETLINK_NETFILTER socket can wait for
     nf_tables' deferred cleanup, which an exec'd process leaves to its exit."""
-    return _drive_sync(_ct_delete_steps(family, proto, port, _force_fallback()),
+    return _drive_sync(_ct_delete_steps(family, proto, port, _force_fallback(), reply_src),
                        _open(NETLINK_NETFILTER, blocking=True), keep)
 
 
@@ -327,7 +363,7 @@ def run_side_effects_sync(plan: Plan, keep: list[socket.socket] | None = None) -
     """
     for fam, proto, port in plan.conntrack_flush:
         try:
-            delete_conntrack_sync(fam, proto, port, keep)
+            delete_conntrack_sync(fam, proto, port, keep=keep)
         except Exception as e:
             _ct_failed(fam, proto, port, e)
     if plan.route_localnet_ip:
@@ -371,3 +407,47 @@ async def run_side_effects(plan: Plan, timings: dict[str, float] | None = None) 
         timings["side_effects"] = time.perf_counter() - t0
     if errors:
         raise InternalError(errors[0])
+
+
+# ----------------------------------------------------------------------- DEL
+def _flow_failed(fam: int, proto: str, port: int, pod: str, e: Exception) -> None:
+    log(f"warning: failed to delete {proto.upper()} conntrack entries of ipv{fam} port {port} "
+        f"to the deleted pod {pod}: {e}")
+
+
+def _pod_flows(flows: Iterable[tuple[int, str, int, str]]) -> list[tuple[int, str, int, str, bytes]]:
+    """Distinct UDP/SCTP ``(family, proto, host port, pod IP, packed pod IP)``."""
+    out = []
+    for fam, proto, port, pod in sorted(set(flows), key=str):
+        if proto in ("udp", "sctp"):
+            out.append((fam, proto, port, pod, socket.inet_pton(AF[fam], pod)))
+    return out
+
+
+def delete_pod_flows_sync(flows: Iterable[tuple[int, str, int, str]], keep: list[socket.socket] | None = None) -> None:
+    """DEL: delete the UDP/SCTP conntrack entries whose original destination port is a
+    host port of the deleted pod and whose reply source is the pod, for each
+    ``(family, proto, host port, pod IP)`` in ``flows`` (one after another: cold path).
+    Entries left behind would keep sending that client's datagrams to the gone pod, and
+    hide them from anything that takes the port next, until they expire.  Failures
+    (conntrack unavailable...) are logged as warnings, never raised: DEL must succeed."""
+    for fam, proto, port, pod, packed in _pod_flows(flows):
+        try:
+            delete_conntrack_sync(fam, proto, port, packed, keep)
+        except Exception as e:  # DEL never fails for conntrack
+            _flow_failed(fam, proto, port, pod, e)
+
+
+async def delete_pod_flows(flows: Iterable[tuple[int, str, int, str]]) -> None:
+    """:func:`delete_pod_flows_sync`, concurrently under anyio (daemon)."""
+    import anyio
+
+    async def job(fam: int, proto: str, port: int, pod: str, packed: bytes) -> None:
+        try:
+            await delete_conntrack(fam, proto, port, packed)
+        except Exception as e:  # DEL never fails for conntrack
+            _flow_failed(fam, proto, port, pod, e)
+
+    async with anyio.create_task_group() as tg:
+        for f in _pod_flows(flows):
+            tg.start_soon(job, *f)

@@ -310,14 +310,26 @@ class IptBackend:
         return problems
 
     # ----------------------------------------------------------------- DEL
-    def teardown_chains(self, fam: int, chains: list[str], what: str) -> int:
+    def teardown_chains(self, fam: int, chains: list[str], what: str,
+                        removed: list[tuple[int, str, int, str]] | None = None) -> int:
         """Remove ``chains`` and every rule jumping to them in family ``fam`` (caller holds
         the netns lock); returns restore lines applied (0: none existed, or the family's
-        tools are missing or cannot read the table).
+        tools are missing or cannot read the table).  ``removed`` gets ``(family, proto,
+        host port, pod IP)`` of each DNAT rule of ``chains`` that was removed.
         Raises :class:`KernelError` prefixed with ``what`` if the restore is refused."""
-        return self._apply(fam, lambda nt: R.teardown_lines(nt, chains), what, lenient=True)
+        found: list[tuple[int, str, int, str]] = []
 
-    def unforward(self, plan: Plan) -> int:
+        def build(nt: R.NatTable) -> list[str]:
+            found[:] = [(fam, r.proto, r.host_port, r.container_ip) for c in chains if nt.has_chain(c)
+                        for r in (R.parse_dnat_rule(spec) for spec in nt.rules(c)) if r]
+            return R.teardown_lines(nt, chains)
+
+        n = self._apply(fam, build, what, lenient=True)
+        if n and removed is not None:
+            removed += found
+        return n
+
+    def unforward(self, plan: Plan, removed: list[tuple[int, str, int, str]] | None = None) -> int:
         """Remove ``CNI-DN-<hash>`` (and legacy ``CNI-SN-<hash>``) and every rule jumping
         to them, both families; returns restore lines applied.
 
@@ -329,6 +341,8 @@ class IptBackend:
         ``iptables-save`` as before.  So a DEL for a container that owns nothing
         (e.g. one without portMappings) costs no exec, and one without
         portMappings for a container that does own rules still removes them.
+        ``removed`` gets ``(family, proto, host port, pod IP)`` of each DNAT rule removed
+        (read from the chain itself: DEL needs no prevResult for its conntrack clean-up).
         Raises :class:`KernelError` only when a tool refuses a removal.
         """
         o = plan.owner
@@ -338,7 +352,7 @@ class IptBackend:
             for fam in (4, 6):
                 if not probe.may_hold(fam, chains):
                     continue  # neither chain exists: nothing to remove, no tool run
-                total += self.teardown_chains(fam, chains, f"could not teardown {_fam_word(fam)} dnat")
+                total += self.teardown_chains(fam, chains, f"could not teardown {_fam_word(fam)} dnat", removed)
         return total
 
     # ----------------------------------------------------------------- CHECK

@@ -155,8 +155,8 @@ class NftBackend:
             s, k = L.forward_key(f.family, f.proto, f.host_ip, f.host_port)
             out.append((f.family, s, k, L.forward_data(f.container_ip, f.container_port), f"DNAT {f}"))
         for m in plan.masqs:
-            s, k = L.masq_key(m.saddr, m.daddr)
-            out.append((m.family, s, k, None, str(m)))
+            ms, mk = L.masq_key(m.saddr, m.daddr)  # mk: a range in masq_nets
+            out.append((m.family, ms, mk, None, str(m)))
         return out
 
     # ------------------------------------------------------------ manifest
@@ -197,11 +197,13 @@ class NftBackend:
             heads, first, got, n = more, first + n, None, min(4 * n, 1024)
         return out
 
-    def _release(self, owner: Owner, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict) -> None:
+    def _release(self, owner: Owner, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict,
+                 removed: list[tuple[int, str, int, str]] | None = None) -> None:
         """Queue the removal of ``owner``'s live forwards on ``keys`` ({fam: {(proto, host_ip, port)}}),
         its shadowed claims on them (under its hash and its legacy hash), and its masquerade
         elements for ``pod_ips``; a freed port goes to the newest surviving displaced claim.
-        Elements owned by others are kept."""
+        Elements owned by others are kept.  ``removed`` gets ``(family, proto, host port, pod
+        IP)`` of each forward queued."""
         q = []
         for fam, ks in keys.items():
             for proto, hip, port in sorted(ks, key=str):
@@ -215,22 +217,28 @@ class NftBackend:
         for (fam, s, k), cur in zip(q, have):
             if cur is None or not owner.owns(cur.comment):
                 continue
-            dels.setdefault((fam, s), []).append((k, None, None))
+            dels.setdefault((fam, s), []).append((cur.full_key, None, None))
             if s != L.CLAIMS:
                 freed[fam].append((s, k))
             if cur.data:  # the pod's IP, for its masquerade elements (no prevResult needed)
                 live = L.live_data_from_claim(fam, cur.data) if s == L.CLAIMS else cur.data
-                ips.setdefault(fam, set()).add(L.parse_forward_data(fam, live)[0])
+                pod = L.parse_forward_data(fam, live)[0]
+                ips.setdefault(fam, set()).add(pod)
+                if removed is not None:  # its conntrack entries go after the commit (DEL)
+                    proto, _, port = L.parse_claim_key(fam, k) if s == L.CLAIMS else L.parse_forward_key(fam, s, k)
+                    removed.append((fam, proto, port, pod))
         mq = []
         for fam, fips in ips.items():
             for ip in sorted(fips):
-                cands = [L.masq_key(ip, ip), L.masq_key(None, ip)]
+                # masq_nets: a point inside the pod's own range finds it whatever its prefix;
+                # masq_pairs' "pod . pod": written by layout <= 3
+                cands = [(L.MASQ_NETS, L.masq_net_point(ip)), L.masq_key(ip, ip), L.masq_key(None, ip)]
                 if fam == 4:
                     cands.append(L.masq_key("127.0.0.1", ip))
-                mq += [(fam, s, k) for s, k in cands]
-        for (fam, s, k), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in mq])):
+                mq += [(fam, ms, mk) for ms, mk in cands]
+        for (fam, s, _), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, ms, mk) for f, ms, mk in mq])):
             if cur is not None and owner.owns(cur.comment):
-                dels.setdefault((fam, s), []).append((k, None, None))
+                dels.setdefault((fam, s), []).append((cur.full_key, None, None))
         self._promotions(freed, owner.owns, dels, adds)
 
     # ----------------------------------------------------------------- ADD
@@ -284,7 +292,7 @@ class NftBackend:
             for (fam, s, k, d, label), cur in zip(wanted, have):
                 if cur is not None:
                     mine = me.owns(cur.comment)
-                    if mine and cur.data == d and Owner.base(cur.comment) == base:
+                    if mine and cur.data == d and cur.full_key == k and Owner.base(cur.comment) == base:
                         continue  # identical: nothing to do (keeps its creation stamp)
                     if not mine:
                         if conflict_policy == "reject":
@@ -297,7 +305,7 @@ class NftBackend:
                             adds.setdefault((fam, L.CLAIMS), []).append(
                                 (L.claim_key(proto, hip, port, displaced),
                                  L.claim_data_from_live(fam, cur.data), cur.comment))
-                    dels.setdefault((fam, s), []).append((k, None, None))
+                    dels.setdefault((fam, s), []).append((cur.full_key, None, None))
                 adds.setdefault((fam, s), []).append((k, d, comment))
             for (fam, k), cur in zip(my_claims, claims_have):
                 if cur is not None and me.owns(cur.comment):  # we were shadowed; now we own the port again
@@ -368,7 +376,7 @@ class NftBackend:
                 by_prefix[c.key[:24]].remove(c)
 
     # ----------------------------------------------------------------- DEL
-    def unforward(self, plan: Plan) -> int:
+    def unforward(self, plan: Plan, removed: list[tuple[int, str, int, str]] | None = None) -> int:
         """Remove what ``plan.owner`` owns; returns ops committed.  Never fails for missing state.
 
         What to remove comes from the owner's manifest (everything its ADDs
@@ -377,14 +385,18 @@ class NftBackend:
         masquerade keys of its container IPs.  A port this owner had taken over
         goes back to the newest surviving displaced claim.  Without any mapping
         and without a manifest (state written by an older layout), it falls back
-        to scanning the sets for the owner's comment (O(n), rare).
+        to scanning the sets for the owner's comment (O(n), rare).  ``removed`` gets
+        ``(family, proto, host port, pod IP)`` of each forward removed (read from the
+        elements deleted: DEL needs no prevResult for its conntrack clean-up).
         """
         me = plan.owner
         fams = self._our_families()
         if not fams:
             return 0  # no table of ours: nothing of ours to remove
+        found: list[tuple[int, str, int, str]] = []
 
         def build():
+            found.clear()  # a retried batch reads again
             old = self._manifest(me, fams=fams)
             if not plan.host_keys and not any(old.values()):
                 return None  # nothing to go by: scan (below)
@@ -403,21 +415,27 @@ class NftBackend:
                     keys[fam].add(rec[:3])
                     ips[fam].add(rec[3])
                     dels.setdefault((fam, L.OWNED), []).append((key, None, None))
-            self._release(me, keys, ips, dels, adds)
+            self._release(me, keys, ips, dels, adds, found)
             return self._elem_ops(dels, adds)
 
         n = self._transact(lambda: build() or [], "DEL")
         if n == 0 and not plan.host_keys:
-            return self._remove_where(me.owns, "DEL", fams)
+            return self._remove_where(me.owns, "DEL", fams, removed)
+        if removed is not None:
+            removed += found
         return n
 
-    def _remove_where(self, doomed, what: str, fams=None) -> int:
+    def _remove_where(self, doomed, what: str, fams=None,
+                      removed: list[tuple[int, str, int, str]] | None = None) -> int:
         """Delete every element whose comment satisfies ``doomed``, promoting surviving claims
-        (in ``fams``, default: the families whose table is ours)."""
+        (in ``fams``, default: the families whose table is ours; ``removed``: as in
+        :meth:`unforward`)."""
         if fams is None:
             fams = self._our_families()
+        found: list[tuple[int, str, int, str]] = []
 
         def build():
+            found.clear()
             dels: dict = {}
             adds: dict = {}
             freed: dict[int, list] = {4: [], 6: []}
@@ -425,12 +443,18 @@ class NftBackend:
                 for s in L.SETS:
                     for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s) or ():
                         if doomed(e.comment):
-                            dels.setdefault((fam, s), []).append((e.key, None, None))
+                            dels.setdefault((fam, s), []).append((e.full_key, None, None))
                             if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS):
                                 freed[fam].append((s, e.key))
+                                if e.data:
+                                    proto, _, port = L.parse_forward_key(fam, s, e.key)
+                                    found.append((fam, proto, port, L.parse_forward_data(fam, e.data)[0]))
             self._promotions(freed, doomed, dels, adds)
             return self._elem_ops(dels, adds)
-        return self._transact(build, what)
+        n = self._transact(build, what)
+        if removed is not None:
+            removed += found
+        return n
 
     # ----------------------------------------------------------------- CHECK
     def check(self, plan: Plan) -> None:
@@ -455,7 +479,7 @@ class NftBackend:
                 problems.append(f"missing {label} (element of {where})")
             elif not me.owns(cur.comment):
                 problems.append(f"{label} is owned by {cur.comment!r}, not {me.comment!r} ({where})")
-            elif cur.data != d:
+            elif cur.data != d or cur.full_key != k:
                 problems.append(f"{label} points elsewhere ({where})")
         if problems:
             raise InternalError("CHECK failed: " + "; ".join(problems))

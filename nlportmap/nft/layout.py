@@ -5,7 +5,9 @@
     table ip nlportmap {                       # ip6: same, with ipv6_addr
       map hostports        { type inet_proto . inet_service : ipv4_addr . inet_service }
       map hostip_hostports { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service }
-      set masq_pairs       { type ipv4_addr . ipv4_addr }   # saddr . daddr (hairpin, 127.0.0.1)
+      set masq_pairs       { type ipv4_addr . ipv4_addr }   # saddr . daddr (127.0.0.1 -> pod)
+      set masq_nets        { type ipv4_addr . ipv4_addr; flags interval }
+                             # pod's subnet . pod (hairpin, other pods on its bridge); pipapo
       set masq_all         { type ipv4_addr }               # daddr (masqAll)
       set proxy_vips       { type ipv4_addr }               # addresses on a service proxy's dummy
                              # interface (ClusterIPs in IPVS mode); no owner, refreshed by each ADD
@@ -22,6 +24,7 @@
                           dnat ip to meta l4proto . th dport map @hostports }
       chain postrouting { type nat hook postrouting priority 100;
                           ct status dnat ip saddr . ip daddr @masq_pairs masquerade
+                          ct status dnat ip saddr . ip daddr @masq_nets masquerade
                           ct status dnat ip daddr @masq_all masquerade }
       chain localnet_guard { type filter hook prerouting priority -300;   # ip only (CVE-2020-8558)
                           iifname != "lo" ip daddr 127.0.0.0/8 counter drop }
@@ -48,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..conditions import Match
     from .netlink import Nest
-    from .wire import Op
+    from .wire import Key, Op
 else:
     try:  # the C hash module directly: 'hashlib' costs ~1.7 ms of a cold start
         from _sha1 import sha1 as _sha1
@@ -56,18 +59,19 @@ else:
         from hashlib import sha1 as _sha1
 
 TABLE = "nlportmap"
-LAYOUT_VERSION = 3  # 3: proxy_vips set and its return rule in hostports
+LAYOUT_VERSION = 4  # 3: proxy_vips set and its return rule in hostports; 4: masq_nets
 TABLE_COMMENT = "nlportmap: CNI portmap hostPort forwarding (managed by nlportmap; see 'nlportmap list')"
 
 HOSTPORTS = "hostports"
 HOSTIP_HOSTPORTS = "hostip_hostports"
 MASQ_PAIRS = "masq_pairs"
 MASQ_ALL = "masq_all"
+MASQ_NETS = "masq_nets"
 CLAIMS = "claims"
 OWNED = "owned"
 PROXY_VIPS = "proxy_vips"
 #: sets whose elements name their owner in their comment (DEL, GC and list scan these)
-SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_ALL, CLAIMS, OWNED)
+SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_NETS, MASQ_ALL, CLAIMS, OWNED)
 #: every set the skeleton creates (CHECK verifies they exist)
 ALL_SETS = (*SETS, PROXY_VIPS)
 
@@ -132,19 +136,41 @@ def parse_forward_key(fam: int, set_name: str, key: bytes) -> tuple[str, str | N
     return protos.get(key[0], str(key[0])), hip, int.from_bytes(key[4:6], "big")
 
 
-def masq_key(saddr: str | None, daddr: str) -> tuple[str, bytes]:
+def masq_key(saddr: str | None, daddr: str) -> tuple[str, Key]:
+    """(set, key) of a masquerade element: ``saddr`` None -> ``masq_all``; a prefix
+    (``10.42.0.0/24``) -> the range ``first . daddr - last . daddr`` of ``masq_nets``;
+    an address -> ``masq_pairs``."""
+    d = N.ip_bytes(daddr)
     if saddr is None:
-        return MASQ_ALL, N.ip_bytes(daddr)
-    return MASQ_PAIRS, N.ip_bytes(saddr) + N.ip_bytes(daddr)
+        return MASQ_ALL, d
+    if "/" in saddr:
+        net, plen = saddr.split("/")
+        first = N.ip_bytes(net)
+        host = (1 << (8 * len(first) - int(plen))) - 1
+        last = (int.from_bytes(first, "big") | host).to_bytes(len(first), "big")
+        return MASQ_NETS, (first + d, last + d)
+    return MASQ_PAIRS, N.ip_bytes(saddr) + d
 
 
-def parse_masq_key(fam: int, set_name: str, key: bytes) -> tuple[str | None, str]:
+def masq_net_point(pod_ip: str) -> bytes:
+    """A point of ``masq_nets`` inside the pod's own element (its subnet holds it): a
+    single get of this point finds the element without knowing the prefix (DEL)."""
+    d = N.ip_bytes(pod_ip)
+    return d + d
+
+
+def parse_masq_key(fam: int, set_name: str, key: bytes, key_end: bytes | None = None) -> tuple[str | None, str]:
+    """-> (saddr or None, daddr); in ``masq_nets`` saddr is the prefix (``key_end`` needed)."""
     import _socket as socket
     af = socket.AF_INET if fam == 4 else socket.AF_INET6
     n = alen(fam)
     if set_name == MASQ_ALL:
         return None, socket.inet_ntop(af, key[:n])
-    return socket.inet_ntop(af, key[:n]), socket.inet_ntop(af, key[n:2 * n])
+    src = socket.inet_ntop(af, key[:n])
+    if set_name == MASQ_NETS and key_end is not None:
+        span = int.from_bytes(key[:n], "big") ^ int.from_bytes(key_end[:n], "big")
+        src += f"/{8 * n - span.bit_length()}"
+    return src, socket.inet_ntop(af, key[n:2 * n])
 
 
 # -------------------------------------------------------------------- claims
@@ -272,7 +298,10 @@ def skeleton(fam: int, conds: Sequence[Match] | None) -> list[Op]:
                          N.concat_type(t, N.T_SERVICE), a + 4,
                          comment="hostIP:hostPort -> pod; element comment = owner", set_id=2))
     ops.append(N.new_set(F, T, MASQ_PAIRS, N.concat_type(t, t), 2 * a,
-                         comment="masquerade DNATed saddr . daddr (hairpin, localhost)", set_id=3))
+                         comment="masquerade DNATed saddr . daddr (localhost)", set_id=3))
+    ops.append(N.new_interval_set(F, T, MASQ_NETS, N.concat_type(t, t), (a, a),
+                                  comment="masquerade DNATed traffic from the pod's subnet . to the pod "
+                                          "(hairpin, other pods on its bridge)", set_id=8))
     ops.append(N.new_set(F, T, MASQ_ALL, t, a,
                          comment="masquerade all DNATed traffic to these pods (masqAll)", set_id=4))
     ops.append(N.new_set(F, T, CLAIMS, N.concat_type(N.T_IPV6, N.T_PROTO, N.T_SERVICE, N.T_IPV6), 40,
@@ -312,6 +341,9 @@ def skeleton(fam: int, conds: Sequence[Match] | None) -> list[Op]:
         *N.ct_status_dnat(), N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
         N.lookup(MASQ_PAIRS, N.REG_1), N.masq()], comment=fp))
     ops.append(N.rule(F, T, "postrouting", [
+        *N.ct_status_dnat(), N.payload(1, _off(fam, "saddr"), a), N.payload(1, _off(fam, "daddr"), a, r),
+        N.lookup(MASQ_NETS, N.REG_1), N.masq()], comment=fp))
+    ops.append(N.rule(F, T, "postrouting", [
         *N.ct_status_dnat(), N.payload(1, _off(fam, "daddr"), a), N.lookup(MASQ_ALL, N.REG_1), N.masq()],
         comment=fp))
     if fam == 4:
@@ -340,7 +372,7 @@ def proxy_vips_ops(fam: int, addrs: Iterable[bytes]) -> list[Op]:
 def expected_rules(fam: int, conds: Sequence[Match] | None) -> dict[str, int]:
     """Static rules per chain the skeleton installs (all carry the fingerprint comment)."""
     n = len(compile_conditions(fam, conds))
-    out = {"prerouting": n, "output": n, "hostports": 3, "postrouting": 2}
+    out = {"prerouting": n, "output": n, "hostports": 3, "postrouting": 3}
     if fam == 4:
         out["localnet_guard"] = 1
     return out

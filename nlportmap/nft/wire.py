@@ -37,7 +37,7 @@ import posix
 
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator, Sequence
     from typing import Protocol, TypeAlias
 
     class BuiltMsg(Protocol):
@@ -50,8 +50,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     #: (msg_type, nlm_flags, message): one op of a transaction
     Op: TypeAlias = "tuple[int, int, RawMsg | BuiltMsg]"
+    #: a set element's key: bytes, or (start, inclusive end) in an interval set
+    Key: TypeAlias = bytes | tuple[bytes, bytes]
     #: (key, data or None, comment or None) of one set element
-    ElemItem: TypeAlias = tuple[bytes, bytes | None, str | None]
+    ElemItem: TypeAlias = tuple[Key, bytes | None, str | None]
     #: per request sequence number: its raw reply messages, or an errno
     Replies: TypeAlias = dict[int, list[bytes] | int]
 
@@ -158,12 +160,20 @@ def _nlstr(atype: int, text: str) -> bytes:
     return nla(atype, text.encode() + b"\0")
 
 
-# NFTA_SET_ELEM_LIST_{TABLE,SET,ELEMENTS} = 1, 2, 3; NFTA_SET_ELEM_{KEY,DATA,USERDATA}
-# = 1, 2, 6; NFTA_DATA_VALUE = 1; nftnl udata TLV: u8 type (0 = comment), u8 length,
-# value (NUL-terminated).  The elements of a list are numbered 1, 2, 3... as libnftnl
-# and pyroute2 do (the kernel iterates the nest and ignores the numbers).
-def _elem(key: bytes, data: bytes | None, comment: str | None, index: int = 1) -> bytes:
-    body = nla(1, nla(1, key))
+# NFTA_SET_ELEM_LIST_{TABLE,SET,ELEMENTS} = 1, 2, 3; NFTA_SET_ELEM_{KEY,DATA,USERDATA,KEY_END}
+# = 1, 2, 6, 10 (enum nft_set_elem_attributes: _PAD 8, _OBJREF 9 come before); NFTA_DATA_VALUE
+# = 1; nftnl udata TLV: u8 type (0 = comment), u8 length, value (NUL-terminated).  The
+# elements of a list are numbered 1, 2, 3... as libnftnl and pyroute2 do (the kernel
+# iterates the nest and ignores the numbers).  A key ``(start, end)`` is a range of an
+# interval set (concatenations: pipapo, Linux >= 5.6), ``end`` inclusive.
+NFTA_SET_ELEM_KEY_END = 10
+
+
+def _elem(key: Key, data: bytes | None, comment: str | None, index: int = 1) -> bytes:
+    if isinstance(key, tuple):
+        body = nla(1, nla(1, key[0])) + nla(NFTA_SET_ELEM_KEY_END, nla(1, key[1]))
+    else:
+        body = nla(1, nla(1, key))
     if data is not None:
         body += nla(2, nla(1, data))
     if comment:
@@ -176,7 +186,7 @@ def elem_list(family: int, tbl: str, set_name: str, elems: bytes) -> RawMsg:
     return RawMsg(family, (tbl, set_name), _nlstr(1, tbl) + _nlstr(2, set_name) + nla(3, elems))
 
 
-def set_elems(add: bool, family: int, tbl: str, set_name: str, items: list[ElemItem]) -> Op:
+def set_elems(add: bool, family: int, tbl: str, set_name: str, items: Sequence[ElemItem]) -> Op:
     """NEW/DELSETELEM for ``items`` = [(key bytes, data bytes | None, comment | None)].
 
     Keep one message under 64 KiB (an NLA length is u16): callers split large lists.
@@ -278,23 +288,32 @@ def udata_comment(b: bytes | None) -> str | None:
 
 
 class Elem:
-    """A set/map element as read back: raw key/data bytes and the comment."""
+    """A set/map element as read back: raw key/data bytes and the comment; ``key_end``:
+    the inclusive end of a range (interval sets), else None."""
 
-    __slots__ = ("comment", "data", "key")
+    __slots__ = ("comment", "data", "key", "key_end")
 
-    def __init__(self, key: bytes, data: bytes | None, comment: str | None) -> None:
+    def __init__(self, key: bytes, data: bytes | None, comment: str | None, key_end: bytes | None = None) -> None:
         self.key = key
         self.data = data
         self.comment = comment
+        self.key_end = key_end
+
+    @property
+    def full_key(self) -> Key:
+        """The key to delete this element by: ``key``, or ``(key, key_end)`` for a range."""
+        return self.key if self.key_end is None else (self.key, self.key_end)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Elem) and (self.key, self.data, self.comment) == (other.key, other.data, other.comment)
+        return isinstance(other, Elem) and (self.key, self.data, self.comment, self.key_end) == (
+            other.key, other.data, other.comment, other.key_end)
 
     def __hash__(self) -> int:
-        return hash((self.key, self.data, self.comment))
+        return hash((self.key, self.data, self.comment, self.key_end))
 
     def __repr__(self) -> str:
-        return f"Elem(key={self.key!r}, data={self.data!r}, comment={self.comment!r})"
+        end = "" if self.key_end is None else f", key_end={self.key_end!r}"
+        return f"Elem(key={self.key!r}, data={self.data!r}, comment={self.comment!r}{end})"
 
 
 def parse_elems(msg: bytes) -> list[Elem]:
@@ -307,7 +326,8 @@ def parse_elems(msg: bytes) -> list[Elem]:
         a = attrs(el)
         key = attrs(a[1]).get(1, b"") if 1 in a else b""
         data = attrs(a[2]).get(1) if 2 in a else None
-        out.append(Elem(key, data, udata_comment(a.get(6))))
+        end = attrs(a[NFTA_SET_ELEM_KEY_END]).get(1) if NFTA_SET_ELEM_KEY_END in a else None
+        out.append(Elem(key, data, udata_comment(a.get(6)), end))
     return out
 
 
@@ -351,6 +371,26 @@ class RuleInfo:
         self.comment = comment
 
 
+# How sockets are closed: directly by default; the daemon installs a closer that hands them
+# to a background thread (set_closer), because releasing a NETLINK_NETFILTER socket can wait
+# for nf_tables' RCU-deferred cleanup and no request should wait for it.
+_closer: Callable[[_socket.socket], None] | None = None
+
+
+def set_closer(fn: Callable[[_socket.socket], None] | None) -> None:
+    """Install ``fn`` to close netlink sockets (None: close them directly)."""
+    global _closer
+    _closer = fn
+
+
+def release(sock: _socket.socket) -> None:
+    """Close ``sock`` through the installed closer (see :func:`set_closer`)."""
+    if _closer is None:
+        sock.close()
+    else:
+        _closer(sock)
+
+
 class NftError(OSError):
     """A transaction was refused.  ``errors`` = [(op index or -1 for the batch, errno, attr offset)]."""
 
@@ -388,7 +428,7 @@ class NetfilterSocket:
         self._seq = int.from_bytes(posix.urandom(3), "little") << 4
 
     def close(self) -> None:
-        self.sock.close()
+        release(self.sock)
 
     def __enter__(self) -> NetfilterSocket:
         return self
@@ -523,17 +563,20 @@ class NetfilterSocket:
                     break
         return out
 
-    def get_elems(self, queries: list[tuple[int, str, str, bytes]]) -> list[Elem | None]:
+    def get_elems(self, queries: list[tuple[int, str, str, Key]]) -> list[Elem | None]:
         """Look up single elements: queries = [(family, table, set, key)].
 
         Returns, per query, an :class:`Elem` or None (absent, or table/set
         missing).  All lookups go out in one write: O(len(queries)), never a dump.
+        In an interval set the key is a point (a range key asks for its start): the
+        answer is the element whose range holds it, with its own key and ``key_end``.
         """
         reqs: list[bytes] = []
         seqs: list[int] = []
         for family, tbl, set_name, key in queries:
             seq = self.next_seq()
-            body = elem_list(family, tbl, set_name, _elem(key, None, None)).body
+            point = key[0] if isinstance(key, tuple) else key
+            body = elem_list(family, tbl, set_name, _elem(point, None, None)).body
             reqs.append(_header(len(body), GETSETELEM, NLM_F_REQUEST, seq) + body)
             seqs.append(seq)
         if not reqs:

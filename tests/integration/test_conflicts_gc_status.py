@@ -196,15 +196,17 @@ def test_list_table_and_json(node):
     a = node.add_pod([port_mapping(8080, 80), port_mapping(5353, 53, "udp", node.t.host_ip4)])
     rows = node.listing()
     assert {(r["containerID"], r["ifname"], r["network"], r["family"], r["protocol"], r["hostIP"],
-             r["hostPort"], r["containerIP"], r["containerPort"], r["backend"], r["state"]) for r in rows} == {
-        (a.cid, "eth0", "nlpm-test", 4, "tcp", None, 8080, a.ip4, 80, "nftables", "active"),
-        (a.cid, "eth0", "nlpm-test", 6, "tcp", None, 8080, a.ip6, 80, "nftables", "active"),
-        (a.cid, "eth0", "nlpm-test", 4, "udp", node.t.host_ip4, 5353, a.ip4, 53, "nftables", "active"),
+             r["hostPort"], r["containerIP"], r["containerPort"], r["backend"], r["state"], r["recorded"])
+            for r in rows} == {
+        (a.cid, "eth0", "nlpm-test", 4, "tcp", None, 8080, a.ip4, 80, "nftables", "active", True),
+        (a.cid, "eth0", "nlpm-test", 6, "tcp", None, 8080, a.ip6, 80, "nftables", "active", True),
+        (a.cid, "eth0", "nlpm-test", 4, "udp", node.t.host_ip4, 5353, a.ip4, 53, "nftables", "active", True),
     }
     rc, out, _ = node._run_cli("list")
     lines = out.splitlines()
     assert rc == 0 and lines[0].split() == ["CONTAINER", "IFNAME", "NETWORK", "PROTO", "HOST",
-                                            "CONTAINER-ADDR", "BACKEND", "STATE"]
+                                            "CONTAINER-ADDR", "BACKEND", "STATE", "RECORDED"]
+    assert all(ln.split()[-1] == "yes" for ln in lines[1:])  # every forward has its record
     assert any(f"{node.t.host_ip4}:5353" in ln and f"{a.ip4}:53" in ln for ln in lines[1:])
     assert len(lines) == 4
 

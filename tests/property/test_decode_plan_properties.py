@@ -20,6 +20,7 @@ Properties:
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import socket
 import subprocess
@@ -48,7 +49,7 @@ class FakeBackend:
         self.calls.append(("forward", plan, policy))
         return 1
 
-    def unforward(self, plan):
+    def unforward(self, plan, removed=None):
         self.calls.append(("unforward", plan))
         return 1
 
@@ -93,6 +94,8 @@ def no_kernel():
     with mock.patch("socket.socket", _GuardedSocket), \
             mock.patch("subprocess.Popen", _GuardedPopen), \
             mock.patch("nlportmap.sidefx.run_side_effects", _no_side_effects), \
+            mock.patch("nlportmap.sidefx.delete_pod_flows", _no_side_effects), \
+            mock.patch("nlportmap.sidefx.delete_pod_flows_sync", lambda flows: None), \
             mock.patch("nlportmap.backends.all_backends", lambda conf: [state["backend"]]), \
             mock.patch("nlportmap.backends.backend_status", lambda conf: None), \
             mock.patch.object(Plugin, "_cleanup_upstream", staticmethod(lambda plan, backend: None)):
@@ -209,8 +212,8 @@ def _check_plan(plan, conf, ms, ips, want):
             cip = want[next(k for k in want if k[0] == fam)][0]
             if conf.get("masqAll", False):
                 masq.add((fam, None, cip))
-            else:
-                masq.add((fam, cip, cip))
+            else:  # the container's subnet (hairpin and the other pods on its bridge)
+                masq.add((fam, str(ipaddress.ip_interface(ips[fam]).network), cip))
                 if fam == 4:
                     masq.add((fam, "127.0.0.1", cip))
     assert {(m.family, m.saddr, m.daddr) for m in plan.masqs} == masq

@@ -54,8 +54,8 @@ millisecond in practice).
 """
 from __future__ import annotations
 
-import ipaddress
 import io
+import ipaddress
 import json
 import os
 import random
@@ -340,10 +340,11 @@ class Model:
             a = self.atts[tag]
             for fam in a.masq_families():
                 cip = a.ip(fam)
-                pairs = [(cip, cip)] + ([("127.0.0.1", cip)] if fam == 4 else [])
+                net = str(ipaddress.ip_interface(f"{cip}/{16 if fam == 4 else 64}").network)  # prev_result()
+                pairs = [(net, cip)] + ([("127.0.0.1", cip)] if fam == 4 else [])
                 for sa, da in pairs:
                     s, k = L.masq_key(sa, da)
-                    out[(fam, s)].add((k.hex(), None, a.comment))
+                    out[(fam, s)].add(((k[0] if isinstance(k, tuple) else k).hex(), None, a.comment))
         if RESTORES_CLAIMS:
             for (fam, proto, hip, port), cl in self.claims.items():
                 for tag in cl:

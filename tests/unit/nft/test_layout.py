@@ -2,7 +2,7 @@
 
 The golden messages were checked against a 6.18 kernel (accepted, and `nft list
 ruleset` printed them as the layout docstring says; the hostports rule carries the
-layout-3 fingerprint comment).  They pin pyroute2's
+layout-4 fingerprint comment).  They pin pyroute2's
 encoding so a pyroute2 upgrade or an encoder rewrite cannot silently change
 what we send.
 """
@@ -18,7 +18,7 @@ GOLDEN_HOSTPORTS_RULE = (
     "01007061796c6f616400240002000800010000000009080002000000000208000300000000020800040000000002340001"
     "000b0001006c6f6f6b75700000240002000e000100686f7374706f72747300000008000200000000010800030000000001"
     "30000100080001006e6174002400020008000100000000010800020000000002080003000000000108000500000000091f"
-    "00070000196e6c706f72746d61702f33206431393837373832373662330000")
+    "00070000196e6c706f72746d61702f34206536343837366165363931320000")
 GOLDEN_ELEMENT = (
     "700000000c0a05040700000000000000020000000e0001006e6c706f72746d61700000000e000200686f7374706f727473"
     "0000003c00030038000100100001000c000100060000001f900000100002000c0001000af400020050000012000600000c"
@@ -60,6 +60,28 @@ def test_masq_keys():
     s, k = L.masq_key("127.0.0.1", "10.0.0.2")
     assert s == L.MASQ_PAIRS and k == bytes([127, 0, 0, 1, 10, 0, 0, 2])
     assert L.parse_masq_key(4, s, k) == ("127.0.0.1", "10.0.0.2")
+
+
+@pytest.mark.parametrize("fam,net,pod", [(4, "10.42.0.0/24", "10.42.0.5"), (4, "10.42.0.5/32", "10.42.0.5"),
+                                         (6, "fd00:42::/64", "fd00:42::6"), (4, "0.0.0.0/0", "10.0.0.1")])
+def test_masq_net_keys_are_ranges_holding_the_pod_point(fam, net, pod):
+    import ipaddress
+    s, (start, end) = L.masq_key(net, pod)
+    n = ipaddress.ip_network(net)
+    p = ipaddress.ip_address(pod).packed
+    assert s == L.MASQ_NETS and start == n.network_address.packed + p and end == n.broadcast_address.packed + p
+    assert start <= L.masq_net_point(pod) <= end  # DEL finds it from the pod IP alone
+    assert L.parse_masq_key(fam, s, start, end) == (net, pod)
+
+
+def test_masq_nets_set_is_a_concatenated_interval_set():
+    op = next(o for o in L.skeleton(4, ()) if o[0] == N.NEWSET and L.MASQ_NETS in o[2].names)
+    a = N.attrs(op[2].body, 4)
+    assert int.from_bytes(a[3], "big") == N.NFT_SET_INTERVAL | N.NFT_SET_CONCAT
+    assert int.from_bytes(a[5], "big") == 8
+    desc = N.attr_list(N.attrs(a[N.NFTA_SET_DESC])[N.NFTA_SET_DESC_CONCAT])
+    assert [(t, N.attrs(v)[1]) for t, v in desc] == [(1, b"\0\0\0\4"), (1, b"\0\0\0\4")]
+    assert L.expected_rules(4, ())["postrouting"] == 3
 
 
 def test_conditions_compile_to_alternatives():
@@ -104,7 +126,7 @@ def test_proxy_vips_return_sits_between_hostip_and_any_address_dnat(fam):
     assert (load["NFTA_PAYLOAD_OFFSET"], load["NFTA_PAYLOAD_LEN"]) == ((16, 4) if fam == 4 else (24, 16))
     assert dict(ret[1]["attrs"][1][1]["attrs"])["NFTA_LOOKUP_SET"] == L.PROXY_VIPS
     assert L.expected_rules(fam, ())["hostports"] == 3
-    sets = [o for o in L.skeleton(fam, ()) if o[0] == N.NEWSET]
+    sets = [o for o in L.skeleton(fam, ()) if o[0] == N.NEWSET and not isinstance(o[2], N.RawMsg)]
     vips = [dict(o[2]["attrs"]) for o in sets if dict(o[2]["attrs"])["NFTA_SET_NAME"] == L.PROXY_VIPS]
     assert len(vips) == 1 and vips[0]["NFTA_SET_KEY_LEN"] == L.alen(fam)
     assert "NFTA_SET_DATA_TYPE" not in vips[0]  # a plain set, no owner comment on its elements
