@@ -603,6 +603,11 @@ def _start_healer(flag: bool):
         return None
     h.start()
     _log("self-healing on: restoring recorded mappings when nftables reports them deleted")
+    try:  # and the ClusterIPs a service proxy adds between ADDs (nlportmap.vipwatch)
+        from .vipwatch import VipWatcher
+        h.vips = VipWatcher(_log)
+    except OSError as e:
+        _log(f"proxy_vips watch off: cannot subscribe to address notifications: {e.strerror or e}")
     return h
 
 

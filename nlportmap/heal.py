@@ -27,6 +27,10 @@ import struct
 import threading
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from .vipwatch import VipWatcher
+
 __all__ = ["DEBOUNCE", "Healer", "enabled", "parse"]
 
 NETLINK_NETFILTER = 12
@@ -109,8 +113,13 @@ class Healer(threading.Thread):
             raise
         return s
 
+    #: the companion ClusterIP watcher (nlportmap.vipwatch), stopped with this healer
+    vips: VipWatcher | None = None
+
     def stop(self) -> None:
         self._stop.set()
+        if self.vips is not None:
+            self.vips.close()
 
     def _heal(self, which: set[str]) -> None:
         t = time.perf_counter()

@@ -162,3 +162,46 @@ def test_empty_service_proxy_interfaces_restores_the_old_capture(ipvs):
         add(node, p, [port_mapping(443, 8443)], serviceProxyInterfaces=["svc-vips"])
         assert who(p2, VIP4) == "ingress"
         assert who(p2, "10.96.5.5") == "apiserver"
+
+
+def test_the_daemon_excludes_a_clusterip_created_between_adds(ipvs):
+    """With the daemon running, a ClusterIP that appears on kube-ipvs0 after the node's
+    last ADD is excluded without another ADD (nlportmap.vipwatch), and a removed one
+    leaves the set."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    node, p, p2 = ipvs
+    d = tempfile.mkdtemp(prefix="nlpm-vip-")
+    os.chmod(d, 0o700)
+    log = os.path.join(d, "daemon.log")
+    with open(log, "w") as f:
+        proc = node.host.popen(sys.executable, "-m", "nlportmap", "daemon", "--socket", os.path.join(d, "s"),
+                               env=dict(os.environ), stdout=f, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while "self-healing on" not in open(log).read():
+            assert proc.poll() is None and time.monotonic() < deadline, open(log).read()
+            time.sleep(0.02)
+        with listeners(node, p):
+            add(node, p, [port_mapping(443, 8443)])
+            node.host.ip("addr", "add", "10.96.0.2/32", "dev", "kube-ipvs0")
+            deadline = time.monotonic() + 3
+            while "10.96.0.2" not in proxy_vips(node):
+                assert time.monotonic() < deadline, (proxy_vips(node), open(log).read())
+                time.sleep(0.02)
+            assert who(p2, "10.96.0.2") == "apiserver"
+            assert who(p2, GW4) == "ingress"  # the node's own addresses still forward
+            node.host.ip("addr", "del", "10.96.0.2/32", "dev", "kube-ipvs0")
+            deadline = time.monotonic() + 3
+            while "10.96.0.2" in proxy_vips(node):
+                assert time.monotonic() < deadline, (proxy_vips(node), open(log).read())
+                time.sleep(0.02)
+            assert VIP4 in proxy_vips(node)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
