@@ -271,6 +271,7 @@ class NftBackend:
                      for f in plan.forwards for h in (me.hash, me.legacy_hash)]
         records = {fam: [(f.proto, f.host_ip, f.host_port, f.container_ip) for f in plan.forwards if f.family == fam]
                    for fam in (4, 6)}
+        net_points = [(m.family, L.masq_net_point(m.daddr)) for m in plan.masqs if m.saddr and "/" in m.saddr]
 
         def build():
             ok = self._skeleton_ok(fams, plan)
@@ -283,12 +284,17 @@ class NftBackend:
                     ops += L.proxy_vips_ops(fam, plan.proxy_vips.get(fam, ()))
             q = [(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted]
             q += [(N.FAMILY[f], L.TABLE, L.CLAIMS, k) for f, k in my_claims]
+            # the element of masq_nets that holds the pod's own point, whatever its prefix: a
+            # re-ADD with another prefix replaces it (intervals may overlap; one per pod)
+            q += [(N.FAMILY[f], L.TABLE, L.MASQ_NETS, p) for f, p in net_points]
             q += self._manifest_queries(self._manifest_heads(me))  # one round trip for all of ADD's reads
             got = self.sock.get_elems(q)
             n1, n2 = len(wanted), len(wanted) + len(my_claims)
-            have, claims_have, manifest_got = got[:n1], got[n1:n2], got[n2:]
+            n3 = n2 + len(net_points)
+            have, claims_have, points_have, manifest_got = got[:n1], got[n1:n2], got[n2:n3], got[n3:]
             dels: dict = {}
             adds: dict = {}
+
             for (fam, s, k, d, label), cur in zip(wanted, have):
                 if cur is not None:
                     mine = me.owns(cur.comment)
@@ -307,6 +313,12 @@ class NftBackend:
                                  L.claim_data_from_live(fam, cur.data), cur.comment))
                     dels.setdefault((fam, s), []).append((cur.full_key, None, None))
                 adds.setdefault((fam, s), []).append((k, d, comment))
+            wanted_nets = {(f, k) for f, s, k, _, _ in wanted if s == L.MASQ_NETS}
+            for (fam, _), cur in zip(net_points, points_have, strict=True):
+                gone = dels.setdefault((fam, L.MASQ_NETS), [])
+                if (cur is not None and me.owns(cur.comment) and (fam, cur.full_key) not in wanted_nets
+                        and (cur.full_key, None, None) not in gone):
+                    gone.append((cur.full_key, None, None))
             for (fam, k), cur in zip(my_claims, claims_have):
                 if cur is not None and me.owns(cur.comment):  # we were shadowed; now we own the port again
                     dels.setdefault((fam, L.CLAIMS), []).append((k, None, None))

@@ -295,3 +295,18 @@ def test_exit_leaves_the_netlink_release_to_a_short_lived_child(node, tmp_path):
             break
         time.sleep(0.05)
     assert not left, left
+
+
+def test_re_add_with_another_prefix_or_ip_keeps_one_same_subnet_element(node):
+    """masq_nets holds one range per pod; its intervals may overlap, so a re-ADD whose
+    prefix (or IP) changed must replace the pod's element, not add a second one that
+    DEL would never find (adversarial review)."""
+    def nets():
+        return sorted(e for e in node.elements().get((4, "masq_nets"), set()) if (e[2] or "").startswith("cpfx/"))
+
+    for cidr in ("10.22.0.7/24", "10.22.0.7/8", "10.22.0.7/16", "10.22.0.7/8", "10.22.0.8/24"):
+        add(node, cid="cpfx", mappings=[port_mapping(7000, 80, "udp")], prev=prev_result(cidr))
+        assert len(nets()) == 1, (cidr, nets())
+    rc, _, err = node.exec("DEL", netconf([port_mapping(7000, 80, "udp")], prev_result("10.22.0.8/24")), cid="cpfx")
+    assert rc == 0, err
+    assert nets() == []
