@@ -334,8 +334,10 @@ def plugin_main(t0: float | None = None) -> int:
             return status
     if flags:
         _write_all(2, f"nlportmap: shim: {reason}; working in-process\n".encode())
-    status, plugin = _in_process(stdin, None if not stdin_err else sys.stdin.buffer, t0)
-    detach = plugin.holds_netlink  # (``plugin`` keeps its sockets open until the exit)
+    status, plugin = _in_process(stdin, None if not stdin_err else _Unreadable(), t0)
+    # (``plugin`` keeps its sockets open until the exit); NLPORTMAP_DETACHED_EXIT=0: exit
+    # normally, e.g. where nothing reaps orphans (a container whose PID 1 is no init)
+    detach = plugin.holds_netlink and _env(b"NLPORTMAP_DETACHED_EXIT", b"1") != b"0"
     _note(command, "in-process", reason, t0, detach)
     if detach:
         _exit_detached(status)
@@ -372,15 +374,28 @@ def _in_process(stdin: bytes, stream: "BinaryIO | None", t0: float) -> "tuple[in
     import io
     from .plugin import Plugin
     from .skel import run
-    sys.stdout.flush()
+    # a runtime that closed our stdout/stderr (Python then sets them to None) still gets
+    # the work done: output goes nowhere, the exit status still tells
+    out = sys.stdout if sys.stdout is not None else io.StringIO()
+    err = sys.stderr if sys.stderr is not None else io.StringIO()
+    out.flush()
     env = {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
            for k, v in _os.environ.items()}  # os.environ without importing os (~1 ms)
     plugin = Plugin(t0=t0, cold=True)
-    status = run(env, stream if stream is not None else io.BytesIO(stdin),
-                 sys.stdout, sys.stderr, plugin, lean=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    status = run(env, stream if stream is not None else io.BytesIO(stdin), out, err, plugin, lean=True)
+    for s in (out, err):
+        try:
+            s.flush()
+        except OSError:
+            pass
     return status, plugin
+
+
+class _Unreadable:
+    """stdin that could not be read (closed: EBADF): skel reports code 5."""
+
+    def read(self) -> bytes:
+        raise OSError(9, "Bad file descriptor")
 
 
 def launch() -> int:

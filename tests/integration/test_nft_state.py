@@ -310,3 +310,23 @@ def test_re_add_with_another_prefix_or_ip_keeps_one_same_subnet_element(node):
     rc, _, err = node.exec("DEL", netconf([port_mapping(7000, 80, "udp")], prev_result("10.22.0.8/24")), cid="cpfx")
     assert rc == 0, err
     assert nets() == []
+
+
+def test_closed_stdin_is_code_5_and_closed_stdout_still_deletes(node, tmp_path):
+    """A runtime that closes our stdin gets a CNI error (code 5), not a traceback; one that
+    closes stdout still gets its DEL done (adversarial review)."""
+    import os
+    conf = netconf(M, prev_result("10.244.0.5/24"))
+    add(node, cid="cfd", prev=prev_result("10.244.0.5/24"))
+    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "cfd", "CNI_NETNS": "/run/netns/nonexistent",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    cp = subprocess.run(["ip", "netns", "exec", node.host.name, "sh", "-c", 'exec "$0" 0<&-', EXE],
+                        capture_output=True, env=env, timeout=60)
+    assert cp.returncode == 1 and json.loads(cp.stdout)["code"] == 5, (cp.stdout, cp.stderr)
+    assert b"Traceback" not in cp.stderr
+    stdin = tmp_path / "conf.json"
+    stdin.write_text(json.dumps(conf))
+    cp = subprocess.run(["ip", "netns", "exec", node.host.name, "sh", "-c", 'exec "$0" <"$1" 1>&-', EXE, str(stdin)],
+                        capture_output=True, env={**env, "CNI_COMMAND": "DEL"}, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert not node.owned_by("cfd")
