@@ -50,8 +50,8 @@ __all__ = [
     "IFNAME_MAX",
     "LEGACY_ATTACHMENTS",
     "LISTENER_POLICIES",
-    "MAX_PORT_MAPPINGS",
     "MAPPING_KEYS",
+    "MAX_PORT_MAPPINGS",
     "PORT_MAX",
     "PORT_MIN",
     "PROTOCOLS",
@@ -328,6 +328,10 @@ class FastConf(ConfMixin):
         "type",
         "valid_attachments",
     )
+
+    if TYPE_CHECKING:
+        #: always None here: GC, its one reader, takes the msgspec path (config.NetConf)
+        valid_attachments: None
 
 
 class _Defer(Exception):

@@ -72,6 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, BinaryIO, Protocol, TextIO
 
     from .config import NetConf
+    from .netconf import FastConf
 else:
     Protocol = object
 
@@ -138,7 +139,7 @@ class Request:
     )
 
     def __init__(self, *, command: str, container_id: str, netns: str, ifname: str, args: str, path: str,
-                 stdin: bytes, conf: NetConf | None, netns_override: bool,
+                 stdin: bytes, conf: NetConf | FastConf, netns_override: bool,
                  settings: Mapping[str, str] | None = None) -> None:
         self.command = command
         self.container_id = container_id
