@@ -15,7 +15,7 @@ from . import addr
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Sequence
-    from typing import Any, Literal, Protocol
+    from typing import Any, Literal, Protocol, Self
 
     from .conditions import Match
 
@@ -72,7 +72,7 @@ class _Record:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def replace(self, **changes: object) -> _Record:
+    def replace(self, **changes: object) -> Self:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         new = object.__new__(type(self))
         new._init(**{k: changes.pop(k, getattr(self, k)) for k in self.__slots__})
