@@ -173,5 +173,4 @@ def with_proxy_vips(conf: Conf, plan: Plan) -> Plan:
     except OSError as e:
         from .errors import KernelError
         raise KernelError(f"could not read the addresses of serviceProxyInterfaces: {e}") from e
-    new: Plan = plan.replace(proxy_vips=vips)  # type: ignore[assignment]
-    return new
+    return plan.replace(proxy_vips=vips)

@@ -124,7 +124,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         cont = f"[{r.container_ip}]:{r.container_port}" if r.family == 6 else f"{r.container_ip}:{r.container_port}"
         table.append((o.container_id[:20] if o else "?", o.ifname if o else "?", o.network if o else "?",
                       r.proto, host, cont, r.backend, r.state,
-                      {True: "yes", False: "no"}.get(r.recorded, "-")))
+                      "-" if r.recorded is None else "yes" if r.recorded else "no"))
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     for row in table:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -341,12 +341,12 @@ def _iptables_token_problems(conf: NetConf) -> list[str]:
     return out
 
 
-def parse_config(data: bytes | str | dict[str, Any], command: str) -> NetConf:
+def parse_config(data: bytes | str | dict[str, Any] | None, command: str) -> NetConf:
     """Decode and validate the plugin configuration from stdin (reference §2.2 order).
 
     ``data``: the raw stdin bytes (or text), or the already-decoded JSON
-    object.  ``command``: the CNI command (``ADD``, ``DEL``, ``CHECK``,
-    ``GC``, ``STATUS``); it selects the message prefix and DEL leniency (see
+    object (``None``, JSON ``null``, decodes like ``{}``, as in Go).  ``command``: the CNI
+    command (``ADD``, ``DEL``, ``CHECK``, ``GC``, ``STATUS``); it selects the message prefix and DEL leniency (see
     module docstring).
 
     Order (which error wins): JSON syntax and types; prevResult (§1.8);
@@ -429,15 +429,15 @@ def parse_config(data: bytes | str | dict[str, Any], command: str) -> NetConf:
             raise InvalidConfig(f"{prefix}Invalid host port number: {pm.hostPort} "
                                 f"({where}.hostPort must be 1-65535)")
 
-    kept = []
+    kept: list[PortMapping] = []
     for i, pm in enumerate(mappings):
-        problem = _mapping_problem(i, pm)
-        if problem is None:
+        why = _mapping_problem(i, pm)
+        if why is None:
             kept.append(pm)
         elif lenient:
-            warnings.append(f"{problem}; mapping ignored for DEL")
+            warnings.append(f"{why}; mapping ignored for DEL")
         else:
-            raise InvalidConfig(prefix + problem)
+            raise InvalidConfig(prefix + why)
     conf.runtimeConfig.portMappings = kept
 
     for problem in _iptables_token_problems(conf):
@@ -468,12 +468,12 @@ def parse_config(data: bytes | str | dict[str, Any], command: str) -> NetConf:
             setattr(conf, field, None)
 
     for i, name in enumerate(conf.serviceProxyInterfaces or ()):
-        problem = ifname_problem(i, name)
-        if problem is None:
+        why = ifname_problem(i, name)
+        if why is None:
             continue
         if not lenient:
-            raise InvalidConfig(prefix + problem)
-        warnings.append(f"{problem}; ignored for DEL")  # DEL does not use the list
+            raise InvalidConfig(prefix + why)
+        warnings.append(f"{why}; ignored for DEL")  # DEL does not use the list
 
     conf.__dict__["_warnings"] = tuple(warnings)
     return conf

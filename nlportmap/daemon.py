@@ -68,7 +68,25 @@ import time
 from contextlib import suppress
 from contextvars import ContextVar
 
+from .plugin import Plugin
 from .proto import DEFAULT_SOCKET, MAGIC, MAX_FRAME, PROTOCOL_VERSION, netns_identity
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    import _socket
+    from collections.abc import Awaitable, Callable
+    from contextlib import AbstractContextManager
+    from typing import TextIO, TypeVar
+
+    from anyio.from_thread import BlockingPortal
+
+    from .backends import Backend
+    from .heal import Healer
+    from .netconf import ConfMixin as Conf
+    from .nft.backend import NftBackend
+    from .nft.wire import NetfilterSocket
+
+    _T = TypeVar("_T")
 
 __all__ = ["PER_REQUEST_ENV", "Abandoned", "Daemon", "main"]
 
@@ -84,7 +102,7 @@ PROBE_TTL = 10.0
 
 _tls = threading.local()
 #: the reply's stderr buffer of the request a task on the daemon's event loop works for
-_task_stderr: ContextVar = ContextVar("nlportmap_request_stderr", default=None)
+_task_stderr: ContextVar[TextIO | None] = ContextVar("nlportmap_request_stderr", default=None)
 LISTEN_FDS_START = 3
 DEFAULT_IDLE_EXIT = 60.0
 
@@ -97,19 +115,25 @@ class Abandoned(RuntimeError):
     """The shim hung up: it is doing the work in-process, so this request must not commit."""
 
 
+def _console() -> TextIO:
+    """The process's own stderr (``sys.__stderr__``; ``sys.stderr`` if it had none)."""
+    return sys.__stderr__ or sys.stderr
+
+
 def _log(msg: str) -> None:
-    sys.__stderr__.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "nlportmap daemon: " + msg + "\n")
-    sys.__stderr__.flush()
+    err = _console()
+    err.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "nlportmap daemon: " + msg + "\n")
+    err.flush()
 
 
 class _ThreadStderr(io.TextIOBase):
     """``sys.stderr`` for the daemon: a request thread's writes go into its reply."""
 
-    def __init__(self, real):
+    def __init__(self, real: TextIO) -> None:
         self._real = real
 
     @staticmethod
-    def _buf():
+    def _buf() -> TextIO | None:
         buf = getattr(_tls, "stderr", None)
         return buf if buf is not None else _task_stderr.get()
 
@@ -152,7 +176,7 @@ def _defer_socket_closes() -> None:
     plugin pays it at exit; the daemon need not make the caller wait for it."""
     import queue
     from .nft import wire
-    q: queue.SimpleQueue = queue.SimpleQueue()
+    q: queue.SimpleQueue[_socket.socket] = queue.SimpleQueue()
 
     def closer() -> None:
         while True:
@@ -163,57 +187,56 @@ def _defer_socket_closes() -> None:
 
 
 # ----------------------------------------------------------------- plugin
-def _plugin_class():
-    from .plugin import Plugin
+class DaemonPlugin(Plugin):
+    """A Plugin whose nftables backend is borrowed from the daemon's warm pool."""
 
-    class DaemonPlugin(Plugin):
-        """A Plugin whose nftables backend is borrowed from the daemon's warm pool."""
+    def __init__(self, daemon: Daemon, t0: float) -> None:
+        super().__init__(t0=t0)
+        self._daemon = daemon
+        self.lease: NftBackend | None = None
+        self.reported: str | None = None
 
-        def __init__(self, daemon: Daemon, t0: float):
-            super().__init__(t0=t0)
-            self._daemon = daemon
-            self.lease = None
-            self.reported: str | None = None
+    def backend_for(self, conf: Conf) -> Backend:
+        if self._backend is None:
+            from .backends import make_backend
+            name = self._daemon.choose(conf)
+            try:
+                from .config import check_backend_conflict
+            except ImportError:  # pragma: no cover
+                pass
+            else:
+                check_backend_conflict(conf, name)
+            if name == "nftables":
+                if self.lease is None:
+                    self.lease = self._daemon.take_backend()
+                self._backend = self.lease
+            else:
+                self._backend = make_backend(name)
+        return self._backend
 
-        def backend_for(self, conf):
-            if self._backend is None:
-                from .backends import make_backend
-                name = self._daemon.choose(conf)
-                try:
-                    from .config import check_backend_conflict
-                except ImportError:  # pragma: no cover
-                    check_backend_conflict = None
-                if check_backend_conflict is not None:
-                    check_backend_conflict(conf, name)
-                if name == "nftables":
-                    if self.lease is None:
-                        self.lease = self._daemon.take_backend()
-                    self._backend = self.lease
-                else:
-                    self._backend = make_backend(name)
-            return self._backend
+    def _nft_socket(self) -> NetfilterSocket:
+        """The pooled backend's socket (never a new one per request: its release could
+        wait for nf_tables' deferred cleanup on a request thread)."""
+        if self.lease is None:
+            self.lease = self._daemon.take_backend()
+        return self.lease.sock
 
-        def _nft_socket(self):
-            """The pooled backend's socket (never a new one per request: its release could
-            wait for nf_tables' deferred cleanup on a request thread)."""
-            if self.lease is None:
-                self.lease = self._daemon.take_backend()
-            return self.lease.sock
+    def run_async(self, fn: Callable[..., Awaitable[_T]], *args: object) -> _T:
+        """On the daemon's long-lived event loop, not a new one.  The task's
+        stderr writes (e.g. a conntrack warning) go into this request's reply."""
+        err = getattr(_tls, "stderr", None)
 
-        def run_async(self, fn, *args):
-            """On the daemon's long-lived event loop, not a new one.  The task's
-            stderr writes (e.g. a conntrack warning) go into this request's reply."""
-            err = getattr(_tls, "stderr", None)
+        async def for_this_request() -> _T:
+            _task_stderr.set(err)  # the task's own context (and its child tasks')
+            return await fn(*args)
 
-            async def for_this_request():
-                _task_stderr.set(err)  # the task's own context (and its child tasks')
-                return await fn(*args)
+        return self._daemon.portal.call(for_this_request)
 
-            return self._daemon.portal.call(for_this_request)
+    def _report(self, command: str) -> None:  # the daemon reports per request
+        self.reported = command
 
-        def _report(self, command: str) -> None:  # the daemon reports per request
-            self.reported = command
 
+def _plugin_class() -> type[DaemonPlugin]:
     return DaemonPlugin
 
 
@@ -221,8 +244,12 @@ def _plugin_class():
 class Daemon:
     """The server.  ``path``: socket file; ``mode``: its permissions."""
 
+    #: the event loop thread's portal (set by :meth:`warm`) and what stops that thread
+    portal: BlockingPortal
+    _portal_cm: AbstractContextManager[BlockingPortal] | None
+
     def __init__(self, path: str = DEFAULT_SOCKET, *, mode: int = 0o600, max_clients: int = 128,
-                 verbose: bool = False, idle_exit: float = 0.0):
+                 verbose: bool = False, idle_exit: float = 0.0) -> None:
         self.path = path
         self.idle_exit = max(idle_exit, 0.0)  # seconds without a request before exiting; 0: never
         self._last_busy = time.monotonic()
@@ -230,7 +257,7 @@ class Daemon:
         self.verbose = verbose
         self.netns = netns_identity()
         self._slots = threading.BoundedSemaphore(max_clients)
-        self._pool: list = []
+        self._pool: list[NftBackend] = []
         self._pool_lock = threading.Lock()
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
@@ -238,7 +265,7 @@ class Daemon:
         self._active = 0
         self._active_lock = threading.Lock()
         self.test_delay = float(os.environ.get("NLPORTMAP_DAEMON_TEST_DELAY") or 0)
-        self._plugin_cls = None
+        self._plugin_cls: type[DaemonPlugin] | None = None
         self._probe: tuple[float, str | None] | None = None
 
     # -- start-up -----------------------------------------------------------
@@ -269,16 +296,16 @@ class Daemon:
         self.give_backend(self.take_backend())
 
     @staticmethod
-    async def _noop():
+    async def _noop() -> None:
         return None
 
-    def choose(self, conf) -> str:
+    def choose(self, conf: Conf) -> str:
         """:func:`nlportmap.backends.choose` with the nf_tables probe (GETGEN on a pooled
         socket) memoized for :data:`PROBE_TTL` seconds.  Whether nf_tables works is a
         property of the kernel, not of any mapping: nothing about the node's state is cached."""
         from . import backends
 
-        def probe():
+        def probe() -> tuple[str | None, Backend | None]:
             now = time.monotonic()
             if self._probe is None or now - self._probe[0] > PROBE_TTL:
                 b = self.take_backend()
@@ -295,7 +322,7 @@ class Daemon:
 
         return backends.choose(conf, probe)[0]
 
-    def take_backend(self):
+    def take_backend(self) -> NftBackend:
         with self._pool_lock:
             if self._pool:
                 return self._pool.pop()
@@ -304,7 +331,7 @@ class Daemon:
         _ = b.sock  # open it now (in the daemon's namespace)
         return b
 
-    def give_backend(self, b) -> None:
+    def give_backend(self, b: NftBackend) -> None:
         with self._pool_lock:
             if len(self._pool) < 32:
                 self._pool.append(b)
@@ -360,7 +387,7 @@ class Daemon:
         with suppress(OSError):
             self.path = s.getsockname() or self.path
 
-    def stop(self, *_args) -> None:
+    def stop(self, *_args: object) -> None:
         self._stop.set()
 
     def close(self) -> None:
@@ -487,7 +514,7 @@ class Daemon:
                  f"in {(time.perf_counter() - t0) * 1000:.1f} ms")
 
     @staticmethod
-    def _read_request(conn: socket.socket) -> tuple[dict, bytes, tuple[int, int]]:
+    def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, tuple[int, int]]:
         def exact(n: int) -> bytes:
             buf = bytearray()
             while len(buf) < n:
@@ -523,10 +550,13 @@ class Daemon:
             off = end + 1
         return env, body[off:], (dev, ino)
 
-    def run_request(self, env: dict, stdin: bytes, conn: socket.socket | None, t0: float) -> tuple[int, bytes, bytes]:
+    def run_request(self, env: dict[str, str], stdin: bytes, conn: socket.socket | None,
+                    t0: float) -> tuple[int, bytes, bytes]:
         """Run one plugin invocation here; returns (status, stdout, stderr)."""
         from .skel import run
         out, err = io.StringIO(), io.StringIO()
+        if self._plugin_cls is None:
+            raise RuntimeError("Daemon.warm() has not run")
         plugin = self._plugin_cls(self, t0)
         _tls.stderr, _tls.conn = err, conn
         status = 1
@@ -545,7 +575,7 @@ class Daemon:
                 err.getvalue().encode("utf-8", "surrogateescape"))
 
     @staticmethod
-    def _report(env: dict, plugin, err: io.StringIO) -> None:
+    def _report(env: dict[str, str], plugin: DaemonPlugin, err: io.StringIO) -> None:
         line = json.dumps({"nlportmap": plugin.reported, "via": "daemon", "timings_ms": {
             k: round(v * 1000, 3) for k, v in plugin.timings.items()}}) + "\n"
         if env.get("NLPORTMAP_DEBUG"):
@@ -590,7 +620,7 @@ def _inherited_listener() -> socket.socket | None:
     return s
 
 
-def _start_healer(flag: bool):
+def _start_healer(flag: bool) -> Healer | None:
     """The self-healing thread (:mod:`nlportmap.heal`), unless switched off."""
     from .heal import Healer, enabled
     if not enabled(flag):
@@ -635,7 +665,7 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
             d.preflight()  # before the warm-up: a daemon that cannot serve says so at once
         t = time.perf_counter()
         d.warm()
-        sys.stderr = _ThreadStderr(sys.__stderr__)
+        sys.stderr = _ThreadStderr(_console())
         signal.signal(signal.SIGTERM, d.stop)
         signal.signal(signal.SIGINT, d.stop)
         if inherited is None:
@@ -648,12 +678,12 @@ def main(socket_path: str | None = None, mode: int = 0o600, max_clients: int = 1
         serving = True
         d.serve_forever()
     except StartupError as e:
-        sys.__stderr__.write(f"nlportmap daemon: {e}\n")
+        _console().write(f"nlportmap daemon: {e}\n")
         return 1
     except Exception as e:  # one line, then exit: never a live process that cannot serve
         if serving:
             raise
-        sys.__stderr__.write(f"nlportmap daemon: cannot start: {type(e).__name__}: {e}\n")
+        _console().write(f"nlportmap daemon: cannot start: {type(e).__name__}: {e}\n")
         return 1
     finally:
         sys.stderr = sys.__stderr__

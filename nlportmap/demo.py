@@ -18,6 +18,13 @@ import tempfile
 from contextlib import suppress
 import time
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import Any, TextIO
+
+    from netns_fixtures import Topology
+
 
 def plugin_executable() -> str:
     """The executable a runtime should exec: the fast launcher ``nlportmap-cni`` (written
@@ -41,8 +48,8 @@ def plugin_executable() -> str:
     return found
 
 
-def _chain_names(conflist: dict) -> list[str]:
-    out = []
+def _chain_names(conflist: dict[str, Any]) -> list[str]:
+    out: list[str] = []
     for p in conflist["plugins"]:
         out.append(p["type"] if p["type"] != "portmap" else "nlportmap (type portmap)")
         if (p.get("ipam") or {}).get("type"):
@@ -54,7 +61,7 @@ def _ms(s: float) -> str:
     return f"{s * 1000:7.1f} ms"
 
 
-def run_demo(ipv6: bool = True, plugin: str | None = None, out=None) -> int:
+def run_demo(ipv6: bool = True, plugin: str | None = None, out: TextIO | None = None) -> int:
     """Run the demo; returns 0 when every proof passed, 1 otherwise."""
     from netns_fixtures import (Topology, echo_server, new_container_id, parse_echo,
                                 port_mapping, tcp_probe, udp_request)
@@ -139,7 +146,8 @@ def run_demo(ipv6: bool = True, plugin: str | None = None, out=None) -> int:
     return 0 if ok else 1
 
 
-def _daemon_phase(t, exe, conflist, env, say, proof) -> bool:
+def _daemon_phase(t: Topology, exe: str, conflist: dict[str, Any], env: dict[str, str],
+                  say: Callable[[str], None], proof: Callable[[str, bool, str], None]) -> bool:
     """Resident fast path: a daemon in the node namespace, a second pod ADDed through it."""
     import subprocess
     from netns_fixtures import echo_server, kill_process, new_container_id, port_mapping, tcp_probe
@@ -176,8 +184,8 @@ def _daemon_phase(t, exe, conflist, env, say, proof) -> bool:
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-def _print_timings(path: str, wall_add: float, say) -> None:
-    rows = []
+def _print_timings(path: str, wall_add: float, say: Callable[[str], None]) -> None:
+    rows: list[dict[str, Any]] = []
     with open(path) as f:
         for line in f:
             with suppress(ValueError):

@@ -8,8 +8,9 @@ field, Go assigns them in document order, so the **last** one wins; a JSON
 ``null`` assigned to a field leaves it unset.  These helpers reproduce that on
 plain ``dict``s (Python keeps document order for distinct keys).
 
-Folding uses :meth:`str.casefold`, which agrees with Go's simple folding for all
-the ASCII field names involved (including the Kelvin sign and long s).
+Folding is :func:`fold`: Unicode simple case folding, character for character, like
+Go's ``bytes.EqualFold`` (so the Kelvin sign and the long s match ``k`` and ``s``, but a
+ligature such as U+FB01 does not match ``fi``, which ``str.casefold`` would allow).
 
 Pure functions; no imports beyond the standard library.
 """
@@ -24,8 +25,15 @@ __all__ = ["canonical_keys", "ci_get", "fold", "json_type"]
 
 
 def fold(key: str) -> str:
-    """The case-folded form used to compare a JSON key with a field name."""
-    return key.casefold()
+    """The folded form used to compare a JSON key with a field name, as Go's decoder does:
+    Unicode *simple* case folding, one character for one (``K``/``k``/Kelvin sign ``\u212a``
+    match, and ``S``/``s``/long s ``\u017f``), never the full folding of ``str.casefold``,
+    which also expands ligatures and ``ß`` (``"\ufb01"`` is not ``"fi"`` for Go)."""
+    out = []
+    for c in key:
+        u = c.upper()
+        out.append(u.lower() if len(u) == 1 else c.lower())
+    return "".join(out)
 
 
 def canonical_keys(obj: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:

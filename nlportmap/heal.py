@@ -29,6 +29,8 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable, Iterator
+    from typing import Any
     from .vipwatch import VipWatcher
 
 __all__ = ["DEBOUNCE", "Healer", "enabled", "parse"]
@@ -54,7 +56,7 @@ def enabled(flag: bool = True) -> bool:
     return flag and os.environ.get("NLPORTMAP_HEAL", "1") not in ("0", "off", "no", "false")
 
 
-def _attrs(buf: bytes, off: int, end: int):
+def _attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
     while off + 4 <= end:
         alen, atype = struct.unpack_from("=HH", buf, off)
         if alen < 4:
@@ -63,7 +65,7 @@ def _attrs(buf: bytes, off: int, end: int):
         off += (alen + 3) & ~3
 
 
-def parse(buf: bytes):
+def parse(buf: bytes) -> Iterator[tuple[int, int, bytes | None, int | None]]:
     """Yield (msg type, family, table name or None, pid or None) of each nftables
     message in ``buf`` (``pid``: NEWGEN's committing process)."""
     off = 0
@@ -73,7 +75,8 @@ def parse(buf: bytes):
             return
         if mtype >> 8 == NFNL_SUBSYS_NFTABLES and mlen >= 20:
             msg, family = mtype & 0xFF, buf[off + 16]
-            table = pid = None
+            table: bytes | None = None
+            pid: int | None = None
             for t, v in _attrs(buf, off + 20, off + mlen):
                 if t == 1 and msg != NEWGEN:
                     table = v.rstrip(b"\0")
@@ -87,7 +90,8 @@ class Healer(threading.Thread):
     """The healing thread.  ``log``: one-line messages; ``restore``: the restore function
     (``restore(backends=...) -> rows``; tests inject one)."""
 
-    def __init__(self, log, restore=None, debounce: float = DEBOUNCE) -> None:
+    def __init__(self, log: Callable[[str], None], restore: Callable[..., list[dict[str, Any]]] | None = None,
+                 debounce: float = DEBOUNCE) -> None:
         super().__init__(name="nlportmap-heal", daemon=True)
         self._log = log
         self._restore = restore

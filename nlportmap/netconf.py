@@ -22,6 +22,7 @@ Standard library only, and little of it: this module is on the cold path.
 from __future__ import annotations
 
 from .errors import CNIError, InvalidConfig
+from .gojson import canonical_keys, fold
 
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,8 +51,8 @@ __all__ = [
     "IFNAME_MAX",
     "LEGACY_ATTACHMENTS",
     "LISTENER_POLICIES",
-    "MAX_PORT_MAPPINGS",
     "MAPPING_KEYS",
+    "MAX_PORT_MAPPINGS",
     "PORT_MAX",
     "PORT_MIN",
     "PROTOCOLS",
@@ -329,30 +330,17 @@ class FastConf(ConfMixin):
         "valid_attachments",
     )
 
+    if TYPE_CHECKING:
+        #: always None here: GC, its one reader, takes the msgspec path (config.NetConf)
+        valid_attachments: None
+
 
 class _Defer(Exception):
     pass
 
 
-def _fold(key: str) -> str:
-    return key.casefold()
-
-
-_TOP_FOLDED = {_fold(k): k for k in TOP_KEYS}
-_TOP_FOLDED[_fold(LEGACY_ATTACHMENTS)] = LEGACY_ATTACHMENTS
-_MAP_FOLDED = {_fold(k): k for k in MAPPING_KEYS}
-
-
-def _canon(obj: dict[str, Any], folded: dict[str, str]) -> dict[str, Any]:
-    """gojson.canonical_keys: exact names first, else case-insensitive; nulls skipped; last wins."""
-    exact = folded.values()
-    out = {}
-    for key, value in obj.items():
-        name = key if key in exact else folded.get(_fold(key))
-        if name is None or value is None:
-            continue
-        out[name] = value
-    return out
+_TOP_NAMES = (*TOP_KEYS, LEGACY_ATTACHMENTS)
+_PORTMAPPINGS = fold("portMappings")
 
 
 def _str(v: object) -> str:
@@ -383,8 +371,7 @@ def _plain_obj(v: object, keys: tuple[str, ...], lists: tuple[str, ...] = ()) ->
     """Shape check of an object whose values we do not keep (ipam, dns)."""
     if type(v) is not dict:
         raise _Defer
-    folded = {_fold(k): k for k in keys}
-    for key, value in _canon(v, folded).items():
+    for key, value in canonical_keys(v, keys).items():
         if key in lists:
             _str_list(value)
         else:
@@ -416,7 +403,7 @@ _SIMPLE = {"cniVersion": _str, "name": _str, "type": _str, "backend": _str, "sna
 
 
 def _decode(obj: dict[str, Any], command: str) -> FastConf:
-    top = _canon(obj, _TOP_FOLDED)
+    top = canonical_keys(obj, _TOP_NAMES)
     if LEGACY_ATTACHMENTS in top or VALID_ATTACHMENTS in top:
         raise _Defer  # GC input: not a cold-path request
     caps = top.get("capabilities")
@@ -438,7 +425,7 @@ def _decode(obj: dict[str, Any], command: str) -> FastConf:
             if type(value) is not dict:
                 raise _Defer
             for rk, rv in value.items():
-                if rv is None or _fold(rk) != "portmappings":
+                if rv is None or fold(rk) != _PORTMAPPINGS:
                     continue
                 if type(rv) is not list or len(rv) > MAX_PORT_MAPPINGS:
                     raise _Defer  # (too many: the decoder of record refuses, or DEL drops them)
@@ -503,7 +490,7 @@ def _decode(obj: dict[str, Any], command: str) -> FastConf:
 def _mapping(m: object) -> FastMapping:
     if type(m) is not dict:
         raise _Defer  # (null -> zero struct -> invalid port: the decoder of record words it)
-    v = _canon(m, _MAP_FOLDED)
+    v = canonical_keys(m, MAPPING_KEYS)
     host_ip = v.get("hostIP")
     return FastMapping(_int(v.get("hostPort", 0)), _int(v.get("containerPort", 0)), _str(v.get("protocol", "")),
                        _str(host_ip) or None if host_ip is not None else None)

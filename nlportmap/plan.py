@@ -15,7 +15,7 @@ from . import addr
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Sequence
-    from typing import Any, Literal, Protocol
+    from typing import Any, Literal, Protocol, Self
 
     from .conditions import Match
 
@@ -72,7 +72,7 @@ class _Record:
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def replace(self, **changes: object) -> _Record:
+    def replace(self, **changes: object) -> Self:
         """A copy with ``changes`` applied (``dataclasses.replace``)."""
         new = object.__new__(type(self))
         new._init(**{k: changes.pop(k, getattr(self, k)) for k in self.__slots__})
@@ -101,10 +101,13 @@ class _Record:
 #: stored in its hashed form of exactly ``OWNER_COMMENT_MAX`` bytes (see :class:`Owner`).
 OWNER_COMMENT_MAX = 236
 
-try:  # the C module directly: 'hashlib' costs ~1.7 ms of a cold start
-    from _sha256 import sha256 as _sha256
-except ImportError:  # pragma: no cover - other builds
+if TYPE_CHECKING:  # pragma: no cover - typeshed knows hashlib, not the C module behind it
     from hashlib import sha256 as _sha256
+else:
+    try:  # the C module directly: 'hashlib' costs ~1.7 ms of a cold start
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # pragma: no cover - other builds
+        from hashlib import sha256 as _sha256
 
 #: bytes an interface name keeps as they are in an owner tag; every other byte is written
 #: ``%XX`` (upper-case hex).  The CNI name alphabet: containerIDs and network names use
@@ -222,7 +225,7 @@ class Owner(_Record):
         return f"{self.comment} @{ms}"
 
     @staticmethod
-    def from_tag(tag: str, network: str = "") -> "Owner | None":
+    def from_tag(tag: str, network: str = "") -> Owner | None:
         """The owner of ``tag`` (``"<containerID>/<encoded ifname>"``) in ``network``."""
         cid, sep, enc = tag.partition("/")
         ifname = _unpct(enc) if sep else None
@@ -283,7 +286,7 @@ class Owner(_Record):
         return _sha256(b.split(" ", 1)[0].encode()).digest()[:16]
 
     @staticmethod
-    def parse(comment: str | None) -> "Owner | None":
+    def parse(comment: str | None) -> Owner | None:
         """Rebuild an owner from a stored comment (for listings and GC).  A hashed form
         gives what its readable part holds (the network possibly cut); a comment of an
         older layout gives its ifname as stored (``"``/``\\`` read as ``_``)."""
@@ -547,7 +550,7 @@ def make_plan(conf: PlanConf, container_ips: dict[int, str | None], owner: Owner
             if m.protocol.lower() in ("udp", "sctp"):
                 flush.append((fam, m.protocol.lower(), m.hostPort))
     flush = list(dict.fromkeys(flush))  # first occurrences, in order (O(n))
-    host_keys: dict = {}
+    host_keys: dict[tuple[int, str, str | None, int], None] = {}
     for fam in (4, 6):
         for m in mappings:
             hip = _norm_host_ip(m.hostIP, fam)

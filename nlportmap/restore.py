@@ -29,10 +29,19 @@ import time
 
 from . import records as R
 
+from .jsonio import Unsupported, loads
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
-    from .plan import Listed
-from .jsonio import Unsupported, loads
+    from collections.abc import Callable
+    from typing import Any, TypeAlias
+
+    from .backends import Backend
+    from .config import NetConf
+    from .plan import Listed, Plan
+
+    #: a decoded record (see nlportmap.records.encode)
+    Rec: TypeAlias = dict[str, Any]
 
 __all__ = ["decode", "gc_records", "load_all", "main", "parse_name", "plan_of", "restore"]
 
@@ -67,7 +76,7 @@ def _is_record(name: str) -> bool:
     return name.count(".") == 2 or (name.startswith("h.") and name.count(".") == 1)
 
 
-def decode(data: bytes) -> dict:
+def decode(data: bytes) -> Rec:
     """A record's JSON; ``ifname`` decoded.  Raises ValueError for anything else."""
     try:
         rec = loads(data)
@@ -80,13 +89,13 @@ def decode(data: bytes) -> dict:
     return rec
 
 
-def load_all() -> list[tuple[str, dict | None]]:
+def load_all() -> list[tuple[str, Rec | None]]:
     """Every record of this netns: [(file name, record or None if unreadable)], sorted by
     ``createdMs`` (then name).  Leftover temporary files of dead writers are removed."""
     dfd = R._ns_dir(False)
     if dfd is None:
         return []
-    out: list[tuple[str, dict | None]] = []
+    out: list[tuple[str, Rec | None]] = []
     try:
         for name in posix.listdir(dfd):
             if ".tmp" in name:
@@ -152,7 +161,7 @@ def gc_records(valid_tags: set[str], network: str | None, started_ms: int | None
 # ------------------------------------------------------------------ restoring
 
 
-def plan_of(rec: dict):
+def plan_of(rec: Rec) -> tuple[Plan, NetConf]:
     """(plan, conf) rebuilt from a record."""
     from .config import parse_config
     from .plan import Owner, make_plan
@@ -172,7 +181,7 @@ def drift(rows: list[Listed], backend_names: tuple[str, ...] = ("nftables", "ipt
     owners = {(r["network"], r["containerID"], r["ifname"]) for r in recs}
     owners_no_if = {(n, c) for n, c, _ in owners}
 
-    def ident(row: Listed) -> tuple:
+    def ident(row: Listed) -> tuple[str, ...]:
         o = row.owner
         if o is None:
             return ()
@@ -180,8 +189,8 @@ def drift(rows: list[Listed], backend_names: tuple[str, ...] = ("nftables", "ipt
             return (o.network, o.container_id)
         return (o.network, o.container_id, o.ifname)
 
-    out = []
-    present = set()
+    out: list[Listed] = []
+    present: set[tuple[tuple[str, ...], str, int, str, str | None, int]] = set()
     for row in rows:
         i = ident(row)
         rec = bool(i) and (i in owners_no_if if row.backend == "iptables" else i in owners)
@@ -202,7 +211,7 @@ def drift(rows: list[Listed], backend_names: tuple[str, ...] = ("nftables", "ipt
     return out
 
 
-def _problems(backend, plan) -> list[str]:
+def _problems(backend: Backend, plan: Plan) -> list[str]:
     """What ``backend.check(plan)`` finds missing ([]: intact or only shadowed)."""
     from .errors import CNIError
     try:
@@ -218,24 +227,24 @@ def _problems(backend, plan) -> list[str]:
 
 
 def restore(dry_run: bool = False, backends: tuple[str, ...] = ("nftables", "iptables"),
-            log=None) -> list[dict]:
+            log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Restore what is missing; returns one row per attachment restored (or, with
     ``dry_run``, that would be): ``containerID``, ``ifname``, ``network``, ``backend``,
     ``missing`` (the problems found), ``ops`` (what its transaction applied)."""
     from .backends import make_backend
     from .lock import netns_lock
-    out: list[dict] = []
-    made: dict = {}
+    out: list[dict[str, Any]] = []
+    made: dict[str, Backend] = {}
     try:
         with netns_lock():
-            recs = load_all()
+            loaded = load_all()
             if log is not None:
-                bad = [name for name, rec in recs if rec is None]
+                bad = [name for name, rec in loaded if rec is None]
                 if bad:
                     log(f"ignoring unreadable records: {', '.join(bad)}")
-            recs = [rec for _, rec in recs if rec is not None and rec.get("backend") in backends]
+            recs = [rec for _, rec in loaded if rec is not None and rec.get("backend") in backends]
             vips_done = False
-            retaken: set = set()
+            retaken: set[tuple[int, str, str | None, int]] = set()
             for i, rec in enumerate(recs):
                 try:
                     plan, conf = plan_of(rec)
@@ -253,7 +262,7 @@ def restore(dry_run: bool = False, backends: tuple[str, ...] = ("nftables", "ipt
                 keys = {f.key for f in plan.forwards}
                 if not missing and not keys & retaken:
                     continue
-                row = {"containerID": plan.owner.container_id, "ifname": plan.owner.ifname,
+                row: dict[str, Any] = {"containerID": plan.owner.container_id, "ifname": plan.owner.ifname,
                        "network": plan.owner.network, "backend": name,
                        "missing": missing or ["a host port retaken by an older restored attachment"],
                        "ops": 0}

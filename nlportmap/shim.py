@@ -368,7 +368,7 @@ def _exit_detached(status: int) -> None:
     _os._exit(status)
 
 
-def _in_process(stdin: bytes, stream: "BinaryIO | None", t0: float) -> "tuple[int, Plugin]":
+def _in_process(stdin: bytes, stream: "BinaryIO | _Unreadable | None", t0: float) -> "tuple[int, Plugin]":
     """Run the request here: (exit status, the handlers, which still hold their sockets:
     see :func:`_exit_detached`)."""
     import io

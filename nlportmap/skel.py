@@ -69,9 +69,15 @@ from .versions import CURRENT_VERSION, SUPPORTED_VERSIONS, version_output
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Callable, Mapping
-    from typing import Any, BinaryIO, Protocol, TextIO
+    from typing import Any, Protocol, TextIO
+
+    class ByteSource(Protocol):
+        """Where the config comes from: ``read()`` all of it (an OSError is code 5)."""
+
+        def read(self) -> bytes | str: ...
 
     from .config import NetConf
+    from .netconf import FastConf
 else:
     Protocol = object
 
@@ -138,7 +144,7 @@ class Request:
     )
 
     def __init__(self, *, command: str, container_id: str, netns: str, ifname: str, args: str, path: str,
-                 stdin: bytes, conf: NetConf | None, netns_override: bool,
+                 stdin: bytes, conf: NetConf | FastConf, netns_override: bool,
                  settings: Mapping[str, str] | None = None) -> None:
         self.command = command
         self.container_id = container_id
@@ -352,7 +358,7 @@ def _write(stream: TextIO, text: str) -> None:
     stream.flush()
 
 
-def run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO,
+def run(environ: Mapping[str, str], stdin: ByteSource, stdout: TextIO, stderr: TextIO,
         handlers: Handlers, *, about: str = ABOUT,
         same_netns: Callable[[str], bool] = _same_netns, lean: bool = False) -> int:
     """Run one CNI invocation; returns the exit status (0 or 1).
@@ -389,7 +395,7 @@ def _fail(stdout: TextIO, err: CNIError, cni_version: str | None) -> int:
     return 1
 
 
-def _run(environ: Mapping[str, str], stdin: BinaryIO, stdout: TextIO, stderr: TextIO,
+def _run(environ: Mapping[str, str], stdin: ByteSource, stdout: TextIO, stderr: TextIO,
          handlers: Handlers, about: str, same_netns: Callable[[str], bool], state: _State,
          lean: bool = False) -> int:
     command = environ.get("CNI_COMMAND", "") or ""

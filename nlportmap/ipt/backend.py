@@ -41,6 +41,12 @@ from ..plan import Listed, Owner, Plan
 from . import rules as R
 from .probe import ChainProbe
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
+    from ..plan import Forward
+
 #: Read+restore attempts when the table changed between our read and our restore.
 ATTEMPTS = 4
 #: How iptables-restore 1.8 names the failing input line (both flavours, both forms seen).
@@ -91,7 +97,7 @@ class IptBackend:
             base += "-" + self.variant
         return base + kind
 
-    def _run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    def _run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
             return subprocess.run(argv, input=stdin, capture_output=True, text=True,
                                   timeout=self.timeout, env={**os.environ, "LC_ALL": "C"})
@@ -161,7 +167,7 @@ class IptBackend:
                 err += f" [line {n}: {all_lines[n - 1]}]"
         return f"{self.tool(fam, '-restore')}: {err}"
 
-    def _apply(self, fam: int, build, what: str, lenient: bool = False) -> int:
+    def _apply(self, fam: int, build: Callable[[R.NatTable], list[str]], what: str, lenient: bool = False) -> int:
         """Read, ``build(table) -> lines``, restore; retry while the table keeps changing.
 
         Returns the number of restore lines applied (0: nothing to do).  ``lenient``
@@ -254,7 +260,8 @@ class IptBackend:
         return total
 
     @staticmethod
-    def _refuse(cc: R.ContainerChain, plan: Plan, nt: R.NatTable, conflict_policy: str) -> list:
+    def _refuse(cc: R.ContainerChain, plan: Plan, nt: R.NatTable, conflict_policy: str
+                ) -> list[tuple[Forward, str, tuple[str, str] | None]]:
         """The conflicts of ``cc`` in ``nt``; raises :class:`ConflictError` under ``reject``."""
         clash = R.conflicts(cc, plan.forwards, nt)
         if clash and conflict_policy == "reject":
@@ -280,7 +287,8 @@ class IptBackend:
             state = fresh
         raise KernelError("unable to setup DNAT: gave up")  # pragma: no cover
 
-    def _rollback(self, fams: list[int], ccs: dict, before: dict) -> list[str]:
+    def _rollback(self, fams: list[int], ccs: dict[int, R.ContainerChain],
+                  before: dict[int, R.Snapshot]) -> list[str]:
         """Put every family in ``fams`` back to its snapshot in ``before``, newest first.
 
         Per family: re-read its tables and run one restore of
@@ -411,8 +419,8 @@ class IptBackend:
         total = 0
         with netns_lock():
             for fam in (4, 6):
-                def build(nt):
-                    doomed = []
+                def build(nt: R.NatTable) -> list[str]:
+                    doomed: list[str] = []
                     for name, who, _ in R.installed(nt):
                         if who is None or who[1] in valid or (network is not None and who[0] != network):
                             continue
@@ -427,7 +435,7 @@ class IptBackend:
     def list(self) -> list[Listed]:
         """Every DNAT rule of every ``CNI-DN-`` chain, both families (owner from the entry
         comment; ifname is unknown to iptables state and reported as ``""``)."""
-        out = []
+        out: list[Listed] = []
         for fam in (4, 6):
             if self.tools_missing(fam):
                 continue

@@ -47,6 +47,16 @@ from dataclasses import dataclass, field
 
 from .names import DN_PREFIX, MAX_CHAIN_NAME, chain_name, dn_chain, sn_chain
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable, Sequence
+    from typing import TypeAlias
+
+    from ..plan import Forward, Plan
+
+    #: (chain, tokens, insert first?): a shared rule to ensure
+    SharedRule: TypeAlias = tuple[str, Sequence[str], bool]
+
 __all__ = [
     "COMMENT_MAX",
     "DNAT_CHAIN",
@@ -196,7 +206,7 @@ def dnat_target(family: int, ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if family == 6 else f"{ip}:{port}"
 
 
-def container_rules(family: int, forwards, *, snat: bool, masq_all: bool,
+def container_rules(family: int, forwards: Iterable[Forward], *, snat: bool, masq_all: bool,
                     container_cidr: str, mark_chain: str) -> list[list[str]]:
     """The rules of ``CNI-DN-<hash>`` for one family, in order (§3.6).
 
@@ -223,11 +233,11 @@ def container_rules(family: int, forwards, *, snat: bool, masq_all: bool,
     return out
 
 
-def _mget(m, key: str):
+def _mget(m: object, key: str) -> object:
     return m.get(key) if isinstance(m, dict) else getattr(m, key, None)
 
 
-def entry_match_rules(mappings, network: str, container_id: str,
+def entry_match_rules(mappings: Iterable[object], network: str, container_id: str,
                       conditions: list[str] | None) -> list[list[str]]:
     """Entry-rule matches (without ``-j``) for ``CNI-HOSTPORT-DNAT`` (§3.5).
 
@@ -241,7 +251,7 @@ def entry_match_rules(mappings, network: str, container_id: str,
     for m in mappings:
         groups.setdefault(str(_mget(m, "protocol")), []).append(str(_mget(m, "hostPort")))
     comment = dnat_comment(network, container_id)
-    out = []
+    out: list[list[str]] = []
     for proto in sorted(groups):
         ports = groups[proto]
         for i in range(0, len(ports), MULTIPORT_MAX):
@@ -263,8 +273,8 @@ class ContainerChain:
 
     family: int
     name: str
-    rules: tuple
-    entry_rules: tuple
+    rules: tuple[tuple[str, ...], ...]
+    entry_rules: tuple[tuple[str, ...], ...]
     snat: bool = True
     external_mark_chain: str | None = None
     mark_bit: int = 13
@@ -275,7 +285,7 @@ class ContainerChain:
         return self.snat and not self.external_mark_chain
 
 
-def container_chain(plan, family: int) -> ContainerChain:
+def container_chain(plan: Plan, family: int) -> ContainerChain:
     """Build the :class:`ContainerChain` of ``plan`` (a :class:`nlportmap.plan.Plan`) for ``family``."""
     o = plan.owner
     name = dn_chain(o.network, o.container_id)
@@ -307,7 +317,7 @@ def quote(tok: str) -> str:
     return '"' + tok.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def restore_line(op: str, chain: str, tokens=(), pos: int | None = None) -> str:
+def restore_line(op: str, chain: str, tokens: Iterable[str] = (), pos: int | None = None) -> str:
     """``-A CHAIN tok...`` / ``-I CHAIN <pos> tok...`` / ``-D`` / ``-C`` / ``-N`` / ``-X``."""
     parts = [op, chain] + ([str(pos)] if pos is not None else []) + [quote(t) for t in tokens]
     return " ".join(parts)
@@ -369,12 +379,12 @@ class NatTable:
     def rules(self, chain: str) -> list[str]:
         return self.chains.get(chain, [])
 
-    def matching(self, chain: str, tokens) -> list[str]:
+    def matching(self, chain: str, tokens: Iterable[str]) -> list[str]:
         """Saved specs in ``chain`` whose tokens are exactly ``tokens`` (as save prints them)."""
         t = list(tokens)
         return [s for s in self.rules(chain) if split_rule(s) == t]
 
-    def has_rule(self, chain: str, tokens) -> bool:
+    def has_rule(self, chain: str, tokens: Iterable[str]) -> bool:
         """Is a rule with exactly these tokens (as save prints them) in ``chain``?"""
         return bool(self.matching(chain, tokens))
 
@@ -539,7 +549,7 @@ def shared_objects(cc: ContainerChain) -> tuple[list[str], list[tuple[str, list[
     return chains, rules
 
 
-def _ensure(L: list[str], nt: NatTable, chains, rules) -> None:
+def _ensure(L: list[str], nt: NatTable, chains: Iterable[str], rules: Iterable[SharedRule]) -> None:
     """Append lines creating the absent ``chains`` and the ``rules`` ("insert unique").
 
     Each chain is created (``-N``) just before its first rule; duplicates of a
@@ -607,25 +617,26 @@ def guard_lines(raw: NatTable) -> list[str]:
     return L
 
 
-def undo_shared_lines(before: NatTable, now: NatTable, chains, rules, *, gone=(), gone_chains=()) -> list[str]:
+def undo_shared_lines(before: NatTable, now: NatTable, chains: Iterable[str], rules: Iterable[SharedRule], *,
+                      gone: Iterable[tuple[str, str]] = (), gone_chains: Iterable[str] = ()) -> list[str]:
     """Restore lines removing the shared ``rules`` and ``chains`` that ``now`` has and
     ``before`` had not (what one ADD created); chains only if nothing else is in or
     jumps to them once those rules are gone.  ``gone``: (chain, spec) rules the caller
     removes in the same restore; ``gone_chains``: chains it deletes (their rules do
     not count as references)."""
     L: list[str] = []
-    gone = set(gone) | {(c, sp) for c in gone_chains for sp in now.rules(c)}
+    removed = set(gone) | {(c, sp) for c in gone_chains for sp in now.rules(c)}
     for chain, tokens, _ in rules:
         if before.matching(chain, tokens):
             continue
         for spec in now.matching(chain, tokens):
             L.append(f"-D {chain} {spec}")
-            gone.add((chain, spec))
+            removed.add((chain, spec))
     for c in chains:
         if before.has_chain(c) or not now.has_chain(c):
             continue
-        left = [sp for sp in now.rules(c) if (c, sp) not in gone]
-        refs = [r for r in now.referrers(c) if r not in gone]
+        left = [sp for sp in now.rules(c) if (c, sp) not in removed]
+        refs = [r for r in now.referrers(c) if r not in removed]
         if not left and not refs:
             L += [f":{c} - [0:0]", restore_line("-X", c)]
     return L
@@ -656,7 +667,7 @@ def undo_lines(cc: ContainerChain, before: NatTable, now: NatTable) -> list[str]
     return L
 
 
-def delete_jump_lines(nt: NatTable, targets) -> list[str]:
+def delete_jump_lines(nt: NatTable, targets: Iterable[str]) -> list[str]:
     """Restore lines deleting every rule of ``nt`` that jumps to one of ``targets``.
 
     By saved text (``-D CHAIN <spec>``) when the text can be fed back verbatim
@@ -679,7 +690,7 @@ def delete_jump_lines(nt: NatTable, targets) -> list[str]:
     return [f"-D {c} {p}" for c, p in by_pos] + by_text
 
 
-def teardown_lines(nt: NatTable, chains) -> list[str]:
+def teardown_lines(nt: NatTable, chains: Iterable[str]) -> list[str]:
     """Restore lines removing ``chains`` (those that exist) and every rule jumping to them.
 
     Empty if there is nothing to remove.  Jumps are deleted first
@@ -702,9 +713,9 @@ def check_lines(cc: ContainerChain) -> list[tuple[str, str, str]]:
     POSTROUTING jump (upstream does not check those; a missing one breaks
     forwarding or hairpin masquerade, so we do).
     """
-    out = []
+    out: list[tuple[str, str, str]] = []
 
-    def add(chain, tokens):
+    def add(chain: str, tokens: Iterable[str]) -> None:
         ln = restore_line("-C", chain, tokens)
         out.append((chain, ln[len("-C ") + len(chain) + 1:], ln))
 
@@ -721,7 +732,8 @@ def check_lines(cc: ContainerChain) -> list[tuple[str, str, str]]:
     return out
 
 
-def conflicts(cc: ContainerChain, forwards, nt: NatTable) -> list[tuple[object, str, tuple[str, str] | None]]:
+def conflicts(cc: ContainerChain, forwards: Iterable[Forward],
+              nt: NatTable) -> list[tuple[Forward, str, tuple[str, str] | None]]:
     """Host ports of ``forwards`` that another ``CNI-DN-`` chain already DNATs.
 
     Returns [(forward, other chain, (network, container_id) of its owner or None)].
@@ -729,7 +741,7 @@ def conflicts(cc: ContainerChain, forwards, nt: NatTable) -> list[tuple[object, 
     nftables backend's keys.
     """
     mine = {(f.proto, f.host_ip, f.host_port): f for f in forwards if f.family == cc.family}
-    out = []
+    out: list[tuple[Forward, str, tuple[str, str] | None]] = []
     for name, who, rules in installed(nt):
         if name == cc.name:
             continue

@@ -25,6 +25,27 @@ from ..plan import Listed, Owner, Plan
 from . import layout as L
 from . import wire as N
 
+TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable, Iterable, Iterator, Sequence
+    from typing import TypeAlias, TypeVar
+
+    from .wire import ElemItem, Key, Op, TableInfo
+
+    _T = TypeVar("_T")
+    #: (family, set, key, data, label): an element a plan needs
+    Wanted: TypeAlias = tuple[int, str, Key, "bytes | None", str]
+    #: (proto, host IP, host port): a forward's key fields
+    HostKey: TypeAlias = tuple[str, "str | None", int]
+    #: (owner hash, family): a manifest to read
+    Head: TypeAlias = tuple[bytes, int]
+    #: {family: [(record key, (proto, host IP, host port, pod IP))]}
+    Manifest: TypeAlias = dict[int, list[tuple[bytes, tuple[str, "str | None", int, str]]]]
+    #: {(family, set): elements}: what a batch deletes or adds
+    ElemOps: TypeAlias = dict[tuple[int, str], list[ElemItem]]
+    #: does a stored comment name an owner whose elements go?
+    Doomed: TypeAlias = Callable[["str | None"], bool]
+
 RETRY_ERRNOS = {errno.ERESTART, errno.EBUSY, errno.ENOENT, errno.EEXIST, errno.EINTR, errno.EAGAIN}
 MAX_ATTEMPTS = 25
 ELEMS_PER_MSG = 200  # keeps one NLA list well under 64 KiB
@@ -34,7 +55,7 @@ class ConflictError(InvalidConfig):
     """conflictPolicy=reject and a host port is already owned by someone else."""
 
 
-def _chunks(items: list, n: int = ELEMS_PER_MSG):
+def _chunks(items: Sequence[_T], n: int = ELEMS_PER_MSG) -> Iterator[Sequence[_T]]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
 
@@ -46,7 +67,7 @@ class NftBackend:
     #: GC spares elements whose creation stamp is at or after its start (started_ms)
     gc_spares_new = True
 
-    def __init__(self, sock: N.NetfilterSocket | None = None):
+    def __init__(self, sock: N.NetfilterSocket | None = None) -> None:
         self._sock = sock
 
     @property
@@ -61,7 +82,7 @@ class NftBackend:
             self._sock = None
 
     # ------------------------------------------------------------ machinery
-    def _transact(self, build, what: str) -> int:
+    def _transact(self, build: Callable[[], list[Op]], what: str) -> int:
         """Run ``build() -> ops`` (reads, then the batch) and commit, under the netns lock.
 
         No generation-id guard: the lock serialises every nlportmap writer of
@@ -91,7 +112,8 @@ class NftBackend:
                         time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                         continue
                     if code in RETRY_ERRNOS:
-                        raise TryAgainLater(f"{what}: nftables kept changing, gave up after {MAX_ATTEMPTS} attempts: {e}") from e
+                        raise TryAgainLater(f"{what}: nftables kept changing, gave up after {MAX_ATTEMPTS} "
+                                            f"attempts: {e}") from e
                     raise KernelError(f"{what}: nftables refused the transaction: {e}") from e
         raise TryAgainLater(f"{what}: gave up")  # pragma: no cover
 
@@ -101,9 +123,10 @@ class NftBackend:
         """The families whose ``nlportmap`` table exists and is ours (one GETTABLE round
         trip): DEL, GC and ``list`` never read or change a foreign table of that name."""
         infos = self.sock.tables([(N.FAMILY[fam], L.TABLE) for fam in (4, 6)])
-        return tuple(fam for fam, info in zip((4, 6), infos) if info is not None and not L.foreign_table(info))
+        return tuple(fam for fam, info in zip((4, 6), infos, strict=True)
+                     if info is not None and not L.foreign_table(info))
 
-    def _skeleton_ok(self, fams, plan: Plan) -> dict[int, bool]:
+    def _skeleton_ok(self, fams: Iterable[int], plan: Plan) -> dict[int, bool]:
         """Per family: is every static rule present with the current fingerprint (layout
         version + conditions)?  One GETTABLE and one rule dump per family, in one write
         (never of elements), so a damaged or outdated skeleton is rewritten by the next ADD.
@@ -112,13 +135,13 @@ class NftBackend:
         not ours (:func:`~nlportmap.nft.layout.foreign_table`): nlportmap never modifies it."""
         if self._repair:
             infos = self.sock.tables([(N.FAMILY[fam], L.TABLE) for fam in fams])
-            for fam, info in zip(fams, infos):
+            for fam, info in zip(fams, infos, strict=True):
                 self._refuse_foreign(fam, info)
             return {fam: False for fam in fams}
         return {fam: not self._skeleton_problems(fam, plan, sets=False, refuse_foreign=True) for fam in fams}
 
     @staticmethod
-    def _refuse_foreign(fam: int, info) -> None:
+    def _refuse_foreign(fam: int, info: TableInfo | None) -> None:
         why = L.foreign_table(info)
         if why:
             raise KernelError(f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE} exists but is not nlportmap's "
@@ -130,14 +153,15 @@ class NftBackend:
         inv = self.sock.table_inventory(N.FAMILY[fam], L.TABLE, sets=sets)
         if inv is None:
             return [f"{where} missing"]
-        chains, sets, info = inv
+        chains, set_names, info = inv
         if refuse_foreign:
             self._refuse_foreign(fam, info)
         elif L.foreign_table(info):
             return [f"{where} is not nlportmap's ({L.foreign_table(info)})"]
         conds = plan.conditions.get(fam)
         fp = L.fingerprint(fam, conds)
-        out = [f"{where}: set {s} missing" for s in L.ALL_SETS if sets is not None and s not in sets]
+        out = [f"{where}: set {s} missing" for s in L.ALL_SETS
+               if set_names is not None and s not in set_names]
         for chain, n in L.expected_rules(fam, conds).items():
             got = chains.get(chain, [])
             if len(got) != n or any(c != fp for c in got):
@@ -148,9 +172,9 @@ class NftBackend:
         return out
 
     @staticmethod
-    def _wanted(plan: Plan):
+    def _wanted(plan: Plan) -> list[Wanted]:
         """[(family, set, key, data, label)] for every element the plan needs."""
-        out = []
+        out: list[Wanted] = []
         for f in plan.forwards:
             s, k = L.forward_key(f.family, f.proto, f.host_ip, f.host_port)
             out.append((f.family, s, k, L.forward_data(f.container_ip, f.container_port), f"DNAT {f}"))
@@ -163,28 +187,30 @@ class NftBackend:
     MANIFEST_BATCH = 4
 
     @staticmethod
-    def _manifest_heads(owner: Owner, fams=(4, 6)) -> list:
+    def _manifest_heads(owner: Owner, fams: Iterable[int] = (4, 6)) -> list[Head]:
         """The manifests to read: (owner hash, family), the current format's and the
         older format's (:attr:`Owner.legacy_hash`), so state of older releases is found."""
         return [(h, fam) for h in (owner.hash, owner.legacy_hash) for fam in fams]
 
-    def _manifest_queries(self, heads: list, first: int = 0, n: int = MANIFEST_BATCH) -> list:
+    def _manifest_queries(self, heads: list[Head], first: int = 0, n: int = MANIFEST_BATCH
+                          ) -> list[tuple[int, str, str, Key]]:
         return [(N.FAMILY[fam], L.TABLE, L.OWNED, L.record_key(h, first + i))
                 for h, fam in heads for i in range(n)]
 
-    def _manifest(self, owner: Owner, got: list | None = None, fams=(4, 6)) -> dict[int, list]:
+    def _manifest(self, owner: Owner, got: list[N.Elem | None] | None = None,
+                  fams: Iterable[int] = (4, 6)) -> Manifest:
         """``{fam: [(record key, (proto, host_ip, port, pod_ip)), ...]}``: what ``owner``
         recorded in ``owned`` (contiguous slots from 0 under its hash and its legacy hash,
         read in batches of single gets; records whose comment names another owner are
         skipped: older releases shared one legacy hash between networks).  ``got``: the
         answers to ``_manifest_queries(_manifest_heads(owner))`` when the caller sent them
         with its own gets."""
-        out: dict[int, list] = {4: [], 6: []}
+        out: Manifest = {4: [], 6: []}
         heads, first, n = self._manifest_heads(owner, fams), 0, self.MANIFEST_BATCH
         while heads:
             if got is None:
                 got = self.sock.get_elems(self._manifest_queries(heads, first, n))
-            more = []
+            more: list[Head] = []
             for j, (h, fam) in enumerate(heads):
                 for i, e in enumerate(got[j * n:(j + 1) * n]):
                     if e is None or not e.data:
@@ -197,14 +223,15 @@ class NftBackend:
             heads, first, got, n = more, first + n, None, min(4 * n, 1024)
         return out
 
-    def _release(self, owner: Owner, keys: dict[int, set], pod_ips: dict[int, set], dels: dict, adds: dict,
+    def _release(self, owner: Owner, keys: dict[int, set[HostKey]], pod_ips: dict[int, set[str]],
+                 dels: ElemOps, adds: ElemOps,
                  removed: list[tuple[int, str, int, str]] | None = None) -> None:
         """Queue the removal of ``owner``'s live forwards on ``keys`` ({fam: {(proto, host_ip, port)}}),
         its shadowed claims on them (under its hash and its legacy hash), and its masquerade
         elements for ``pod_ips``; a freed port goes to the newest surviving displaced claim.
         Elements owned by others are kept.  ``removed`` gets ``(family, proto, host port, pod
         IP)`` of each forward queued."""
-        q = []
+        q: list[tuple[int, str, bytes]] = []
         for fam, ks in keys.items():
             for proto, hip, port in sorted(ks, key=str):
                 s, k = L.forward_key(fam, proto, hip, port)
@@ -212,9 +239,9 @@ class NftBackend:
                 q.append((fam, L.CLAIMS, L.claim_key(proto, hip, port, owner.hash)))
                 q.append((fam, L.CLAIMS, L.claim_key(proto, hip, port, owner.legacy_hash)))
         have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k in q])
-        freed: dict[int, list] = {4: [], 6: []}
+        freed: dict[int, list[tuple[str, bytes]]] = {4: [], 6: []}
         ips = {f: set(v) for f, v in pod_ips.items()}
-        for (fam, s, k), cur in zip(q, have):
+        for (fam, s, k), cur in zip(q, have, strict=True):
             if cur is None or not owner.owns(cur.comment):
                 continue
             dels.setdefault((fam, s), []).append((cur.full_key, None, None))
@@ -227,16 +254,18 @@ class NftBackend:
                 if removed is not None:  # its conntrack entries go after the commit (DEL)
                     proto, _, port = L.parse_claim_key(fam, k) if s == L.CLAIMS else L.parse_forward_key(fam, s, k)
                     removed.append((fam, proto, port, pod))
-        mq = []
+        mq: list[tuple[int, str, Key]] = []
         for fam, fips in ips.items():
             for ip in sorted(fips):
                 # masq_nets: a point inside the pod's own range finds it whatever its prefix;
                 # masq_pairs' "pod . pod": written by layout <= 3
-                cands = [(L.MASQ_NETS, L.masq_net_point(ip)), L.masq_key(ip, ip), L.masq_key(None, ip)]
+                cands: list[tuple[str, Key]] = [(L.MASQ_NETS, L.masq_net_point(ip)), L.masq_key(ip, ip),
+                                                L.masq_key(None, ip)]
                 if fam == 4:
                     cands.append(L.masq_key("127.0.0.1", ip))
                 mq += [(fam, ms, mk) for ms, mk in cands]
-        for (fam, s, _), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, ms, mk) for f, ms, mk in mq])):
+        for (fam, s, _), cur in zip(mq, self.sock.get_elems([(N.FAMILY[f], L.TABLE, ms, mk) for f, ms, mk in mq]),
+                            strict=True):
             if cur is not None and owner.owns(cur.comment):
                 dels.setdefault((fam, s), []).append((cur.full_key, None, None))
         self._promotions(freed, owner.owns, dels, adds)
@@ -273,9 +302,9 @@ class NftBackend:
                    for fam in (4, 6)}
         net_points = [(m.family, L.masq_net_point(m.daddr)) for m in plan.masqs if m.saddr and "/" in m.saddr]
 
-        def build():
+        def build() -> list[Op]:
             ok = self._skeleton_ok(fams, plan)
-            ops = []
+            ops: list[Op] = []
             for fam in fams:
                 if not ok[fam]:
                     ops += L.skeleton(fam, plan.conditions.get(fam))
@@ -292,10 +321,9 @@ class NftBackend:
             n1, n2 = len(wanted), len(wanted) + len(my_claims)
             n3 = n2 + len(net_points)
             have, claims_have, points_have, manifest_got = got[:n1], got[n1:n2], got[n2:n3], got[n3:]
-            dels: dict = {}
-            adds: dict = {}
-
-            for (fam, s, k, d, label), cur in zip(wanted, have):
+            dels: ElemOps = {}
+            adds: ElemOps = {}
+            for (fam, s, k, d, label), cur in zip(wanted, have, strict=True):
                 if cur is not None:
                     mine = me.owns(cur.comment)
                     if mine and cur.data == d and cur.full_key == k and Owner.base(cur.comment) == base:
@@ -306,7 +334,9 @@ class NftBackend:
                                 f"host port already in use: {label} is owned by {cur.comment or 'unknown'}",
                                 details=cur.comment or "")
                         displaced = Owner.hash_of(cur.comment)
-                        if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS) and displaced and cur.data:
+                        # isinstance: a forward's key is bytes (only masquerade keys are ranges)
+                        if s in (L.HOSTPORTS, L.HOSTIP_HOSTPORTS) and displaced and cur.data \
+                                and isinstance(k, bytes):
                             proto, hip, port = L.parse_forward_key(fam, s, k)
                             adds.setdefault((fam, L.CLAIMS), []).append(
                                 (L.claim_key(proto, hip, port, displaced),
@@ -319,13 +349,13 @@ class NftBackend:
                 if (cur is not None and me.owns(cur.comment) and (fam, cur.full_key) not in wanted_nets
                         and (cur.full_key, None, None) not in gone):
                     gone.append((cur.full_key, None, None))
-            for (fam, k), cur in zip(my_claims, claims_have):
+            for (fam, k), cur in zip(my_claims, claims_have, strict=True):
                 if cur is not None and me.owns(cur.comment):  # we were shadowed; now we own the port again
                     dels.setdefault((fam, L.CLAIMS), []).append((k, None, None))
             # what a previous ADD of this owner installed and this plan no longer has
             old = self._manifest(me, manifest_got)
-            stale_keys: dict[int, set] = {4: set(), 6: set()}
-            stale_ips: dict[int, set] = {4: set(), 6: set()}
+            stale_keys: dict[int, set[HostKey]] = {4: set(), 6: set()}
+            stale_ips: dict[int, set[str]] = {4: set(), 6: set()}
             for fam in (4, 6):
                 new_keys = {r[:3] for r in records[fam]}
                 new_ips = {r[3] for r in records[fam]}
@@ -342,7 +372,9 @@ class NftBackend:
         return self._transact(build, "ADD")
 
     @staticmethod
-    def _write_manifest(me: Owner, comment, old: dict, records: dict, dels: dict, adds: dict) -> None:
+    def _write_manifest(me: Owner, comment: str, old: Manifest,
+                        records: dict[int, list[tuple[str, str | None, int, str]]],
+                        dels: ElemOps, adds: ElemOps) -> None:
         """Make ``me``'s manifest ``records`` (rewritten under the current hash; a manifest
         under the legacy hash is removed: ADD migrates older state)."""
         for fam in (4, 6):
@@ -351,12 +383,12 @@ class NftBackend:
                 continue
             for key, _ in old[fam]:
                 dels.setdefault((fam, L.OWNED), []).append((key, None, None))
-            for key, r in zip(keys, records[fam]):
+            for key, r in zip(keys, records[fam], strict=True):
                 adds.setdefault((fam, L.OWNED), []).append((key, L.record_data(*r), comment))
 
     @staticmethod
-    def _elem_ops(dels: dict, adds: dict) -> list:
-        ops = []
+    def _elem_ops(dels: ElemOps, adds: ElemOps) -> list[Op]:
+        ops: list[Op] = []
         for (fam, s), items in dels.items():
             for ch in _chunks(items):
                 ops.append(N.set_elems(False, N.FAMILY[fam], L.TABLE, s, ch))
@@ -365,14 +397,15 @@ class NftBackend:
                 ops.append(N.set_elems(True, N.FAMILY[fam], L.TABLE, s, ch))
         return ops
 
-    def _promotions(self, freed: dict[int, list], doomed, dels: dict, adds: dict) -> None:
+    def _promotions(self, freed: dict[int, list[tuple[str, bytes]]], doomed: Doomed,
+                    dels: ElemOps, adds: ElemOps) -> None:
         """For live keys being freed, promote one surviving shadowed claim (dumps ``claims``:
         its size is the number of conflicts on the node, not of mappings)."""
         for fam, keys in freed.items():
             if not keys:
                 continue
             claims = self.sock.dump_elems(N.FAMILY[fam], L.TABLE, L.CLAIMS) or []
-            by_prefix: dict[bytes, list] = {}
+            by_prefix: dict[bytes, list[N.Elem]] = {}
             for c in claims:
                 by_prefix.setdefault(c.key[:24], []).append(c)
             for s, k in keys:
@@ -384,7 +417,7 @@ class NftBackend:
                 # the newest surviving claim wins, so "newest live ADD owns the port" holds
                 c = max(alive, key=lambda c: Owner.created_ms(c.comment) or 0)
                 dels.setdefault((fam, L.CLAIMS), []).append((c.key, None, None))
-                adds.setdefault((fam, s), []).append((k, L.live_data_from_claim(fam, c.data), c.comment))
+                adds.setdefault((fam, s), []).append((k, L.live_data_from_claim(fam, c.data or b""), c.comment))
                 by_prefix[c.key[:24]].remove(c)
 
     # ----------------------------------------------------------------- DEL
@@ -407,21 +440,21 @@ class NftBackend:
             return 0  # no table of ours: nothing of ours to remove
         found: list[tuple[int, str, int, str]] = []
 
-        def build():
+        def build() -> list[Op] | None:
             found.clear()  # a retried batch reads again
             old = self._manifest(me, fams=fams)
             if not plan.host_keys and not any(old.values()):
                 return None  # nothing to go by: scan (below)
-            keys: dict[int, set] = {fam: set() for fam in fams}
-            ips: dict[int, set] = {fam: set() for fam in fams}
+            keys: dict[int, set[HostKey]] = {fam: set() for fam in fams}
+            ips: dict[int, set[str]] = {fam: set() for fam in fams}
             for fam, proto, hip, port in plan.host_keys:
                 if fam in keys:
                     keys[fam].add((proto, hip, port))
             for m in plan.masqs:
                 if m.family in ips:
                     ips[m.family].add(m.daddr)
-            dels: dict = {}
-            adds: dict = {}
+            dels: ElemOps = {}
+            adds: ElemOps = {}
             for fam in fams:
                 for key, rec in old[fam]:
                     keys[fam].add(rec[:3])
@@ -437,21 +470,20 @@ class NftBackend:
             removed += found
         return n
 
-    def _remove_where(self, doomed, what: str, fams=None,
+    def _remove_where(self, doomed: Doomed, what: str, fams: Iterable[int] | None = None,
                       removed: list[tuple[int, str, int, str]] | None = None) -> int:
         """Delete every element whose comment satisfies ``doomed``, promoting surviving claims
         (in ``fams``, default: the families whose table is ours; ``removed``: as in
         :meth:`unforward`)."""
-        if fams is None:
-            fams = self._our_families()
+        families = self._our_families() if fams is None else fams
         found: list[tuple[int, str, int, str]] = []
 
-        def build():
+        def build() -> list[Op]:
             found.clear()
-            dels: dict = {}
-            adds: dict = {}
-            freed: dict[int, list] = {4: [], 6: []}
-            for fam in fams:
+            dels: ElemOps = {}
+            adds: ElemOps = {}
+            freed: dict[int, list[tuple[str, bytes]]] = {4: [], 6: []}
+            for fam in families:
                 for s in L.SETS:
                     for e in self.sock.dump_elems(N.FAMILY[fam], L.TABLE, s) or ():
                         if doomed(e.comment):
@@ -475,8 +507,8 @@ class NftBackend:
         Raises :class:`InternalError` naming each missing or wrong object.
         """
         fams = plan.families()
-        problems = []
-        readable = set()  # families whose table is ours or missing (a foreign one is never read)
+        problems: list[str] = []
+        readable: set[int] = set()  # families whose table is ours or missing (a foreign one is never read)
         for fam in fams:
             p = self._skeleton_problems(fam, plan)
             if not (p and p[0].startswith(f"table {'ip' if fam == 4 else 'ip6'} {L.TABLE} is not nlportmap's")):
@@ -485,7 +517,7 @@ class NftBackend:
         wanted = [w for w in self._wanted(plan) if w[0] in readable]
         have = self.sock.get_elems([(N.FAMILY[f], L.TABLE, s, k) for f, s, k, _, _ in wanted])
         me = plan.owner
-        for (fam, s, k, d, label), cur in zip(wanted, have):
+        for (fam, s, k, d, label), cur in zip(wanted, have, strict=True):
             where = f"{'ip' if fam == 4 else 'ip6'} {L.TABLE} {s}"
             if cur is None:
                 problems.append(f"missing {label} (element of {where})")
@@ -509,13 +541,13 @@ class NftBackend:
         whose owner cannot be told (a hashed form cut inside the interface name) is kept.
         """
         start = int(time.time() * 1000) if started_ms is None else started_ms
-        valid = set()
+        valid: set[str] = set()
         for t in valid_tags:
             o = Owner.from_tag(t, network or "")
             if o is not None:
                 valid |= {o.comment, o.legacy_comment}
 
-        def doomed(comment):
+        def doomed(comment: str | None) -> bool:
             o = Owner.parse(comment)
             if o is None:
                 return False
@@ -534,7 +566,7 @@ class NftBackend:
     def list(self) -> list[Listed]:
         """Every forward on this node, active ones first, then shadowed claims
         (dumps the maps: O(n), operator path)."""
-        out = []
+        out: list[Listed] = []
         fams = self._our_families()
         for fam in fams:
             for s in (L.HOSTIP_HOSTPORTS, L.HOSTPORTS):

@@ -51,7 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..conditions import Match
     from .netlink import Nest
-    from .wire import Key, Op
+    from .wire import Key, Op, TableInfo
 else:
     try:  # the C hash module directly: 'hashlib' costs ~1.7 ms of a cold start
         from _sha1 import sha1 as _sha1
@@ -76,7 +76,7 @@ SETS = (HOSTPORTS, HOSTIP_HOSTPORTS, MASQ_PAIRS, MASQ_NETS, MASQ_ALL, CLAIMS, OW
 ALL_SETS = (*SETS, PROXY_VIPS)
 
 
-def foreign_table(info) -> str | None:
+def foreign_table(info: TableInfo | None) -> str | None:
     """Why a table named ``nlportmap`` (its :class:`~nlportmap.nft.wire.TableInfo`) is not
     ours, or None.  Ours carries :data:`TABLE_COMMENT` as its comment
     (every nlportmap release has set it) and is not owned by a process (``flags owner``)."""

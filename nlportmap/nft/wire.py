@@ -334,7 +334,7 @@ def parse_elems(msg: bytes) -> list[Elem]:
 class TableInfo:
     """A table as read back (GETTABLE): its flags and its comment (udata or raw userdata)."""
 
-    __slots__ = ("flags", "comment")
+    __slots__ = ("comment", "flags")
 
     def __init__(self, flags: int, comment: str | None) -> None:
         self.flags = flags
@@ -345,7 +345,7 @@ class TableInfo:
         return bool(self.flags & NFT_TABLE_F_DORMANT)
 
     @staticmethod
-    def parse(raw: bytes) -> "TableInfo":
+    def parse(raw: bytes) -> TableInfo:
         a = attrs(raw, 20)
         flags = struct.unpack("!I", a[NFTA_TABLE_FLAGS][:4])[0] if NFTA_TABLE_FLAGS in a else 0
         ud = a.get(NFTA_TABLE_USERDATA)
@@ -531,7 +531,7 @@ class NetfilterSocket:
     #: issue 12.7).  256 replies stay far below the buffer we ask for (4 MiB).
     WINDOW = 256
 
-    def request(self, reqs: list[bytes], seqs: list[int]) -> dict[int, list]:
+    def request(self, reqs: list[bytes], seqs: list[int]) -> Replies:
         """Send already-encoded non-batch requests; collect replies by seq.
 
         At most :data:`WINDOW` requests are in flight: one write per window, whose
@@ -540,7 +540,8 @@ class NetfilterSocket:
         Returns {seq: [raw messages]} where an error reply is stored as an int errno.
         A dump ends at NLMSG_DONE; a plain get ends with its one reply.
         """
-        out: dict[int, list] = {s: [] for s in seqs}
+        got: dict[int, list[bytes]] = {s: [] for s in seqs}
+        out: Replies = dict(got)  # the same lists: an error reply replaces its seq's list
         for i in range(0, len(reqs), self.WINDOW):
             wreqs, wseqs = reqs[i:i + self.WINDOW], seqs[i:i + self.WINDOW]
             self.sock.send(b"".join(wreqs))
@@ -551,12 +552,12 @@ class NetfilterSocket:
                 if typ == NLMSG_ERROR:
                     code = -struct.unpack_from("=i", raw, 16)[0]
                     if code:
-                        out[sq] = code  # type: ignore[assignment]
+                        out[sq] = code
                     pending.discard(sq)
                 elif typ == NLMSG_DONE:
                     pending.discard(sq)
                 else:
-                    out[sq].append(raw)
+                    got[sq].append(raw)
                     if not flg & NLM_F_MULTI:
                         pending.discard(sq)
                 if not pending:
@@ -609,22 +610,24 @@ class NetfilterSocket:
             out.append(RuleInfo(struct.unpack("!Q", a[3])[0] if 3 in a else 0, udata_comment(a.get(7))))
         return out
 
-    def table_inventory(self, family: int, tbl: str, sets: bool = True):
+    def table_inventory(self, family: int, tbl: str, sets: bool = True
+                        ) -> tuple[dict[str, list[str | None]], set[str] | None, TableInfo] | None:
         """(``{chain: [rule comments]}``, ``{set names}`` or None without ``sets``,
         :class:`TableInfo`) of a table, or None if the table is missing.  One GETTABLE and a
         dump of its rules in one write (and one dump of its sets: a netlink socket runs one
         dump at a time), never of elements: O(1) in the number of mappings."""
-        out = []
-        info = None
+        out: list[list[bytes]] = []
+        info: TableInfo | None = None
         for mtype in ((GETRULE, GETSET) if sets else (GETRULE,)):
-            reqs, seqs = [], []
+            reqs: list[bytes] = []
+            seqs: list[int] = []
             if info is None:
                 seqs.append(self.next_seq())
                 reqs.append(table_get(family, tbl, seqs[-1]))
             seq = self.next_seq()
             body = struct.pack("!BBH", family, 0, 0) + _nlstr(1, tbl)  # NFTA_RULE_TABLE / NFTA_SET_TABLE
             reqs.append(_header(len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq) + body)
-            res = self.request(reqs, seqs + [seq])
+            res = self.request(reqs, [*seqs, seq])
             if info is None:
                 t = res[seqs[0]]
                 if isinstance(t, int):
@@ -643,14 +646,16 @@ class NetfilterSocket:
             a = attrs(m, 20)
             chains.setdefault(a.get(2, b"").rstrip(b"\0").decode(), []).append(udata_comment(a.get(7)))
         names = {attrs(m, 20).get(2, b"").rstrip(b"\0").decode() for m in out[1]} if sets else None
+        if info is None:  # pragma: no cover - the first round trip sets it or returns
+            return None
         return chains, names, info
 
-    def tables(self, queries: list[tuple[int, str]]) -> list:
+    def tables(self, queries: list[tuple[int, str]]) -> list[TableInfo | None]:
         """Per (family, table): its :class:`TableInfo`, or None if missing.  Single GETTABLE
         lookups, all in one write."""
         seqs = [self.next_seq() for _ in queries]
-        res = self.request([table_get(f, t, s) for (f, t), s in zip(queries, seqs)], seqs)
-        out = []
+        res = self.request([table_get(f, t, s) for (f, t), s in zip(queries, seqs, strict=True)], seqs)
+        out: list[TableInfo | None] = []
         for seq in seqs:
             r = res[seq]
             if isinstance(r, int):

@@ -181,23 +181,27 @@ def test_the_daemon_excludes_a_clusterip_created_between_adds(ipvs):
         proc = node.host.popen(sys.executable, "-m", "nlportmap", "daemon", "--socket", os.path.join(d, "s"),
                                env=dict(os.environ), stdout=f, stderr=subprocess.STDOUT)
     try:
+        def text() -> str:
+            with open(log) as f:
+                return f.read()
+
         deadline = time.monotonic() + 20
-        while "self-healing on" not in open(log).read():
-            assert proc.poll() is None and time.monotonic() < deadline, open(log).read()
+        while "self-healing on" not in text():
+            assert proc.poll() is None and time.monotonic() < deadline, text()
             time.sleep(0.02)
         with listeners(node, p):
             add(node, p, [port_mapping(443, 8443)])
             node.host.ip("addr", "add", "10.96.0.2/32", "dev", "kube-ipvs0")
             deadline = time.monotonic() + 3
             while "10.96.0.2" not in proxy_vips(node):
-                assert time.monotonic() < deadline, (proxy_vips(node), open(log).read())
+                assert time.monotonic() < deadline, (proxy_vips(node), text())
                 time.sleep(0.02)
             assert who(p2, "10.96.0.2") == "apiserver"
             assert who(p2, GW4) == "ingress"  # the node's own addresses still forward
             node.host.ip("addr", "del", "10.96.0.2/32", "dev", "kube-ipvs0")
             deadline = time.monotonic() + 3
             while "10.96.0.2" in proxy_vips(node):
-                assert time.monotonic() < deadline, (proxy_vips(node), open(log).read())
+                assert time.monotonic() < deadline, (proxy_vips(node), text())
                 time.sleep(0.02)
             assert VIP4 in proxy_vips(node)
     finally:

@@ -453,3 +453,18 @@ def test_service_proxy_interfaces_type_errors_are_decode_failures():
     assert e.code == 6 and "serviceProxyInterfaces: expected array | null" in e.msg
     e = err_of(cfg(serviceProxyInterfaces=[1]), "ADD", DecodeFailure)
     assert "serviceProxyInterfaces[0]: expected str, got int 1" in e.msg
+
+
+def test_keys_fold_like_go_not_like_casefold():
+    """Go matches keys by simple case folding: the Kelvin sign and long s match k and s,
+    but ligatures and sharp s do not expand (adversarial review: ``"hoﬆPort"`` must not be
+    ``hostPort``, as with upstream)."""
+    base = {"cniVersion": "1.0.0", "name": "n", "type": "portmap"}
+    lig = parse_config({**base, "runtimeConﬁg": {"portMappings": [
+        {"hostPort": 9090, "containerPort": 80, "protocol": "tcp"}]}}, "DEL")
+    assert lig.runtimeConfig.portMappings == []
+    lig2 = parse_config({**base, "runtimeConfig": {"portMappings": [
+        {"hoﬆPort": 9090, "hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}}, "ADD")
+    assert [m.hostPort for m in lig2.runtimeConfig.portMappings] == [8080]
+    kelvin = parse_config({**base, "\u017fnat": False, "mar\u212aMasqBit": 14}, "ADD")
+    assert (kelvin.snat, kelvin.markMasqBit) == (False, 14)
