@@ -240,6 +240,148 @@ def _plugin_class() -> type[DaemonPlugin]:
     return DaemonPlugin
 
 
+# ----------------------------------------------------------------- warm pool
+class WarmPool:
+    """The daemon's open :class:`~nlportmap.nft.backend.NftBackend` s (one netlink socket
+    each, opened in the daemon's namespace), lent to requests, and the nf_tables probe."""
+
+    def __init__(self) -> None:
+        self._pool: list[NftBackend] = []
+        self._lock = threading.Lock()
+        self._probe: tuple[float, str | None] | None = None
+
+    def take(self) -> NftBackend:
+        with self._lock:
+            if self._pool:
+                return self._pool.pop()
+        from .nft.backend import NftBackend
+        b = NftBackend()
+        _ = b.sock  # open it now (in the daemon's namespace)
+        return b
+
+    def give(self, b: NftBackend) -> None:
+        with self._lock:
+            if len(self._pool) < 32:
+                self._pool.append(b)
+                return
+        b.close()
+
+    def probe(self) -> tuple[str | None, Backend | None]:
+        """The nf_tables probe of :func:`nlportmap.backends.choose` (GETGEN on a pooled
+        socket), memoized for :data:`PROBE_TTL` seconds.  Whether nf_tables works is a
+        property of the kernel, not of any mapping: nothing about the node's state is cached."""
+        now = time.monotonic()
+        if self._probe is None or now - self._probe[0] > PROBE_TTL:
+            b = self.take()
+            try:
+                b.sock.genid()
+                reason = None
+            except OSError as e:
+                reason = f"nf_tables not reachable over netlink: {e}"
+            self.give(b)
+            self._probe = (now, reason)
+            if reason is not None:
+                _log(f"nftables not usable ({reason}): iptables")
+        return self._probe[1], None
+
+    def close(self) -> None:
+        with self._lock:
+            for b in self._pool:
+                b.close()
+            self._pool.clear()
+
+
+# ----------------------------------------------------------------- one connection
+def _send(conn: socket.socket, kind: bytes, payload: bytes = b"") -> None:
+    conn.sendall(kind + len(payload).to_bytes(4, "big") + payload)
+
+
+def _peer_check(conn: socket.socket, netns: tuple[int, int]) -> str | None:
+    """None if the peer (of our namespace ``netns``) may use us, else the refusal reason."""
+    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    if uid != 0:
+        return f"peer uid {uid} is not root"
+    if pid <= 0:
+        return "peer process not visible from the daemon (run it with hostPID)"
+    try:
+        theirs = netns_identity(str(pid))
+    except OSError as e:
+        return f"cannot read the peer's network namespace: {e.strerror}"
+    if theirs != netns:
+        return "peer is in another network namespace"
+    return None
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, tuple[int, int]]:
+    def exact(n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = conn.recv(min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise ValueError("short read")
+            buf += chunk
+        return bytes(buf)
+
+    head = exact(9)
+    if head[:4] != MAGIC or head[4] != PROTOCOL_VERSION:
+        raise ValueError("unknown protocol")
+    n = int.from_bytes(head[5:9], "big")
+    if n > MAX_FRAME:
+        raise ValueError("request too large")
+    body = exact(n)
+    nl = body.find(b"\n")
+    try:
+        dev, ino, _pid = (int(x) for x in body[:nl].split())
+    except ValueError:
+        raise ValueError("bad header") from None
+    env: dict[str, str] = {}
+    off = nl + 1
+    while True:
+        end = body.find(b"\0", off)
+        if end < 0:
+            raise ValueError("unterminated environment")
+        if end == off:
+            off += 1
+            break
+        k, _, v = body[off:end].partition(b"=")
+        env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
+        off = end + 1
+    return env, body[off:], (dev, ino)
+
+
+def _report(env: dict[str, str], plugin: DaemonPlugin, err: io.StringIO) -> None:
+    line = json.dumps({"nlportmap": plugin.reported, "via": "daemon", "timings_ms": {
+        k: round(v * 1000, 3) for k, v in plugin.timings.items()}}) + "\n"
+    if env.get("NLPORTMAP_DEBUG"):
+        err.write(line)
+    path = env.get("NLPORTMAP_TIMINGS_FILE")
+    if path:
+        try:
+            with open(path, "a") as f:
+                f.write(line)
+        except OSError as e:
+            err.write(f"nlportmap: warning: cannot write {path}: {e}\n")
+
+
+def _probe_existing(path: str) -> None:
+    """Raise :class:`StartupError` if a daemon listens on ``path``; remove a dead one's socket."""
+    if not os.path.lexists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        raise StartupError(f"another daemon is listening on {path}")
+    except (TimeoutError, ConnectionRefusedError, FileNotFoundError):
+        pass
+    except OSError as e:
+        raise StartupError(f"cannot probe {path}: {e.strerror}") from None
+    finally:
+        probe.close()
+    with suppress(FileNotFoundError):
+        os.unlink(path)  # stale socket of a dead daemon
+
+
 # ----------------------------------------------------------------- server
 class Daemon:
     """The server.  ``path``: socket file; ``mode``: its permissions."""
@@ -257,8 +399,7 @@ class Daemon:
         self.verbose = verbose
         self.netns = netns_identity()
         self._slots = threading.BoundedSemaphore(max_clients)
-        self._pool: list[NftBackend] = []
-        self._pool_lock = threading.Lock()
+        self.pool = WarmPool()
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._inode: int | None = None
@@ -266,7 +407,6 @@ class Daemon:
         self._active_lock = threading.Lock()
         self.test_delay = float(os.environ.get("NLPORTMAP_DAEMON_TEST_DELAY") or 0)
         self._plugin_cls: type[DaemonPlugin] | None = None
-        self._probe: tuple[float, str | None] | None = None
 
     # -- start-up -----------------------------------------------------------
     def warm(self) -> None:
@@ -300,43 +440,15 @@ class Daemon:
         return None
 
     def choose(self, conf: Conf) -> str:
-        """:func:`nlportmap.backends.choose` with the nf_tables probe (GETGEN on a pooled
-        socket) memoized for :data:`PROBE_TTL` seconds.  Whether nf_tables works is a
-        property of the kernel, not of any mapping: nothing about the node's state is cached."""
+        """:func:`nlportmap.backends.choose` with the nf_tables probe memoized (:meth:`WarmPool.probe`)."""
         from . import backends
-
-        def probe() -> tuple[str | None, Backend | None]:
-            now = time.monotonic()
-            if self._probe is None or now - self._probe[0] > PROBE_TTL:
-                b = self.take_backend()
-                try:
-                    b.sock.genid()
-                    reason = None
-                except OSError as e:
-                    reason = f"nf_tables not reachable over netlink: {e}"
-                self.give_backend(b)
-                self._probe = (now, reason)
-                if reason is not None:
-                    _log(f"nftables not usable ({reason}): iptables")
-            return self._probe[1], None
-
-        return backends.choose(conf, probe)[0]
+        return backends.choose(conf, self.pool.probe)[0]
 
     def take_backend(self) -> NftBackend:
-        with self._pool_lock:
-            if self._pool:
-                return self._pool.pop()
-        from .nft.backend import NftBackend
-        b = NftBackend()
-        _ = b.sock  # open it now (in the daemon's namespace)
-        return b
+        return self.pool.take()
 
     def give_backend(self, b: NftBackend) -> None:
-        with self._pool_lock:
-            if len(self._pool) < 32:
-                self._pool.append(b)
-                return
-        b.close()
+        self.pool.give(b)
 
     def preflight(self) -> None:
         """Fail fast (before the warm-up): the socket directory, and no live daemon on the path."""
@@ -346,24 +458,7 @@ class Daemon:
                 os.makedirs(d, mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StartupError(f"cannot create the socket directory {d}: {e.strerror}") from None
-        self._probe_existing()
-
-    def _probe_existing(self) -> None:
-        if not os.path.lexists(self.path):
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(self.path)
-            raise StartupError(f"another daemon is listening on {self.path}")
-        except (TimeoutError, ConnectionRefusedError, FileNotFoundError):
-            pass
-        except OSError as e:
-            raise StartupError(f"cannot probe {self.path}: {e.strerror}") from None
-        finally:
-            probe.close()
-        with suppress(FileNotFoundError):
-            os.unlink(self.path)  # stale socket of a dead daemon
+        _probe_existing(self.path)
 
     def bind(self) -> None:
         self.preflight()
@@ -399,10 +494,7 @@ class Daemon:
                 os.unlink(self.path)
         except OSError:
             pass
-        with self._pool_lock:
-            for b in self._pool:
-                b.close()
-            self._pool.clear()
+        self.pool.close()
         cm, self._portal_cm = getattr(self, "_portal_cm", None), None
         if cm is not None:
             cm.__exit__(None, None, None)
@@ -436,15 +528,11 @@ class Daemon:
             time.sleep(0.05)
 
     # -- one connection -----------------------------------------------------
-    @staticmethod
-    def _send(conn: socket.socket, kind: bytes, payload: bytes = b"") -> None:
-        conn.sendall(kind + len(payload).to_bytes(4, "big") + payload)
-
     def _refuse(self, conn: socket.socket, reason: str) -> None:
         if self.verbose:
             _log(f"refused: {reason}")
         with suppress(OSError):
-            self._send(conn, b"X", reason.encode())
+            _send(conn, b"X", reason.encode())
 
     def _serve_conn(self, conn: socket.socket) -> None:
         with self._active_lock:
@@ -465,30 +553,15 @@ class Daemon:
                 self._last_busy = time.monotonic()
             self._slots.release()
 
-    def _peer_check(self, conn: socket.socket) -> str | None:
-        """None if the peer may use us, else the refusal reason."""
-        pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        if uid != 0:
-            return f"peer uid {uid} is not root"
-        if pid <= 0:
-            return "peer process not visible from the daemon (run it with hostPID)"
-        try:
-            theirs = netns_identity(str(pid))
-        except OSError as e:
-            return f"cannot read the peer's network namespace: {e.strerror}"
-        if theirs != self.netns:
-            return "peer is in another network namespace"
-        return None
-
     def _serve_checked(self, conn: socket.socket) -> None:
         t0 = time.perf_counter()
-        why = self._peer_check(conn)
+        why = _peer_check(conn, self.netns)
         if why:
             self._refuse(conn, why)
             return
         conn.settimeout(REQUEST_READ_TIMEOUT)
         try:
-            env, stdin, claimed = self._read_request(conn)
+            env, stdin, claimed = _read_request(conn)
         except ValueError as e:
             self._refuse(conn, f"bad request: {e}")
             return
@@ -501,54 +574,17 @@ class Daemon:
                 self._refuse(conn, f"{k} differs from the daemon's")
                 return
         conn.settimeout(None)
-        self._send(conn, b"A")
+        _send(conn, b"A")
         if self.verbose:
             _log(f"accepted {env.get('CNI_COMMAND', '?')} {env.get('CNI_CONTAINERID', '')[:12]}")
         if self.test_delay:
             time.sleep(self.test_delay)
         status, out, err = self.run_request(env, stdin, conn, t0)
         with suppress(OSError):  # the shim is gone; it does the work itself
-            self._send(conn, b"R", struct.pack("!iI", status, len(out)) + out + err)
+            _send(conn, b"R", struct.pack("!iI", status, len(out)) + out + err)
         if self.verbose:
             _log(f"done {env.get('CNI_COMMAND', '?')} status {status} "
                  f"in {(time.perf_counter() - t0) * 1000:.1f} ms")
-
-    @staticmethod
-    def _read_request(conn: socket.socket) -> tuple[dict[str, str], bytes, tuple[int, int]]:
-        def exact(n: int) -> bytes:
-            buf = bytearray()
-            while len(buf) < n:
-                chunk = conn.recv(min(n - len(buf), 1 << 20))
-                if not chunk:
-                    raise ValueError("short read")
-                buf += chunk
-            return bytes(buf)
-
-        head = exact(9)
-        if head[:4] != MAGIC or head[4] != PROTOCOL_VERSION:
-            raise ValueError("unknown protocol")
-        n = int.from_bytes(head[5:9], "big")
-        if n > MAX_FRAME:
-            raise ValueError("request too large")
-        body = exact(n)
-        nl = body.find(b"\n")
-        try:
-            dev, ino, _pid = (int(x) for x in body[:nl].split())
-        except ValueError:
-            raise ValueError("bad header") from None
-        env: dict[str, str] = {}
-        off = nl + 1
-        while True:
-            end = body.find(b"\0", off)
-            if end < 0:
-                raise ValueError("unterminated environment")
-            if end == off:
-                off += 1
-                break
-            k, _, v = body[off:end].partition(b"=")
-            env[k.decode("utf-8", "surrogateescape")] = v.decode("utf-8", "surrogateescape")
-            off = end + 1
-        return env, body[off:], (dev, ino)
 
     def run_request(self, env: dict[str, str], stdin: bytes, conn: socket.socket | None,
                     t0: float) -> tuple[int, bytes, bytes]:
@@ -570,23 +606,10 @@ class Daemon:
                 else:
                     plugin.lease.close()
         if plugin.reported:
-            self._report(env, plugin, err)
+            _report(env, plugin, err)
         return (status, out.getvalue().encode("utf-8", "surrogateescape"),
                 err.getvalue().encode("utf-8", "surrogateescape"))
 
-    @staticmethod
-    def _report(env: dict[str, str], plugin: DaemonPlugin, err: io.StringIO) -> None:
-        line = json.dumps({"nlportmap": plugin.reported, "via": "daemon", "timings_ms": {
-            k: round(v * 1000, 3) for k, v in plugin.timings.items()}}) + "\n"
-        if env.get("NLPORTMAP_DEBUG"):
-            err.write(line)
-        path = env.get("NLPORTMAP_TIMINGS_FILE")
-        if path:
-            try:
-                with open(path, "a") as f:
-                    f.write(line)
-            except OSError as e:
-                err.write(f"nlportmap: warning: cannot write {path}: {e}\n")
 
 
 def _inherited_listener() -> socket.socket | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
+from . import teardown
 from .errors import InternalError
 
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
@@ -240,37 +241,9 @@ class Plugin:
         except Exception as e:  # a failing DEL wedges teardown
             sys.stderr.write(f"nlportmap: warning: could not delete conntrack entries: {e}\n")
 
-    @staticmethod
-    def _cleanup_nftables(plan: Plan, removed: list[Flow] | None = None) -> None:
-        """DEL through iptables also removes this attachment's nftables state: the
-        network's backend may have changed since its ADD (an operator added
-        ``backend`` or ``externalSetMarkChain`` to a live conflist).  The other
-        direction is covered by the upstream clean-up (same ``CNI-DN-`` chains).
-        Guarded like the upstream clean-up: never fails DEL."""
-        try:
-            from .nft.backend import NftBackend
-            b = NftBackend()
-            try:
-                if b.usable() is None:
-                    b.unforward(plan, removed=removed)
-            finally:
-                b.close()
-        except Exception as e:
-            sys.stderr.write(f"nlportmap: warning: could not remove nftables state: {e}\n")
-
-    @staticmethod
-    def _cleanup_upstream(plan: Plan, backend: Backend) -> None:
-        """Migration: remove what the upstream Go portmap left for this container
-        (:func:`nlportmap.migrate.cleanup_upstream`).  Guarded: a failure is
-        reported on stderr and never fails DEL (a failing DEL wedges teardown).
-        ``NLPORTMAP_UPSTREAM_CLEANUP=0`` turns it off."""
-        try:
-            from .migrate import cleanup_upstream
-            name = getattr(backend, "name", "")
-            cleanup_upstream(plan.owner, iptables=name != "iptables",
-                             sock=getattr(backend, "sock", None) if name == "nftables" else None)
-        except Exception as e:
-            sys.stderr.write(f"nlportmap: warning: could not remove upstream portmap state: {e}\n")
+    # DEL's guarded clean-ups (nlportmap.teardown); patchable here
+    _cleanup_nftables = staticmethod(teardown.cleanup_nftables)
+    _cleanup_upstream = staticmethod(teardown.cleanup_upstream)
 
     def check(self, req: Request) -> None:
         """CHECK: every element of the plan is present and owned by this attachment."""

@@ -401,8 +401,10 @@ class NftError(OSError):
         super().__init__(e, f"{what}: {posix.strerror(e)}" + ("" if off is None else f" (attr offset {off})"))
 
 
-class NetfilterSocket:
-    """A blocking ``NETLINK_NETFILTER`` socket with per-request deadlines.
+class NetfilterTransport:
+    """A blocking ``NETLINK_NETFILTER`` socket with per-request deadlines: the receive
+    loop, batches (:meth:`commit`) and request/reply matching (:meth:`request`).
+    The typed reads are :class:`NetfilterSocket`'s.
 
     One request in flight at a time (replies are matched by sequence number).
     Create it in the network namespace to program: a socket's netns is fixed at
@@ -429,12 +431,6 @@ class NetfilterSocket:
 
     def close(self) -> None:
         release(self.sock)
-
-    def __enter__(self) -> NetfilterSocket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -563,6 +559,17 @@ class NetfilterSocket:
                 if not pending:
                     break
         return out
+
+
+class NetfilterSocket(NetfilterTransport):
+    """:class:`NetfilterTransport` with the typed reads the backends use: elements by key
+    and by dump, tables, chains and rules (one round trip each, whatever the count)."""
+
+    def __enter__(self) -> NetfilterSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def get_elems(self, queries: list[tuple[int, str, str, Key]]) -> list[Elem | None]:
         """Look up single elements: queries = [(family, table, set, key)].
