@@ -26,9 +26,11 @@ Who may use it (checked per connection, before reading the request):
   and the namespace the shim claims, must both be the daemon's own: a daemon
   never programs a namespace it was not asked to.  A plugin run with
   ``ip netns exec other ...`` reaches the same socket file but is refused;
-* ``NLPORTMAP_*`` settings that change behaviour (e.g. ``NLPORTMAP_LOCK_DIR``,
-  ``NLPORTMAP_UPSTREAM_CLEANUP``, ``NLPORTMAP_CT_FALLBACK``) must equal the
-  daemon's own; per-request ones (:data:`PER_REQUEST_ENV`) are honoured.
+* ``NLPORTMAP_*`` settings travel with the request (:data:`PER_REQUEST_ENV`:
+  among them the lock and record directories and the upstream clean-up switch,
+  which requests read through :mod:`nlportmap.settings`); any other one (e.g. the
+  test knob ``NLPORTMAP_CT_FALLBACK``) must equal the daemon's own.  The healer
+  uses the daemon's own directories.
 
 Every refusal is a distinct ``X`` reply naming the reason; the shim then works
 in-process.
@@ -95,6 +97,9 @@ __all__ = ["PER_REQUEST_ENV", "Abandoned", "Daemon", "main"]
 PER_REQUEST_ENV = frozenset({
     "NLPORTMAP_SOCKET", "NLPORTMAP_DAEMON_DEADLINE", "NLPORTMAP_DAEMON_TIMEOUT",
     "NLPORTMAP_TIMINGS_FILE", "NLPORTMAP_DEBUG",
+    # travel with the request (Request.settings -> nlportmap.settings / Plugin): a caller
+    # with other lock or record directories, or without the upstream clean-up, is served
+    "NLPORTMAP_LOCK_DIR", "NLPORTMAP_STATE_DIR", "NLPORTMAP_UPSTREAM_CLEANUP",
     "NLPORTMAP_HEAL",  # the daemon's own switch (nlportmap.heal), not a request's
 })
 REQUEST_READ_TIMEOUT = 10.0

@@ -79,7 +79,8 @@ class LockUnavailable(IOFailure):
 
 def lock_path() -> str:
     """``<NLPORTMAP_LOCK_DIR or /run/nlportmap>/netns-<inode of this thread's netns>.lock``."""
-    d = (posix.environ.get(b"NLPORTMAP_LOCK_DIR") or DEFAULT_DIR.encode()).decode("utf-8", "surrogateescape")
+    from . import settings
+    d = settings.get("NLPORTMAP_LOCK_DIR", DEFAULT_DIR)
     # thread-self: a thread that setns()ed (tests, daemon workers) locks its own netns
     try:
         ino = posix.stat("/proc/thread-self/ns/net").st_ino

@@ -91,8 +91,10 @@ def file_name(network: str, container_id: str, ifname: str) -> str:
 
 # ------------------------------------------------------------------ directories
 def base_dir() -> str:
-    d = posix.environ.get(b"NLPORTMAP_STATE_DIR") or DEFAULT_DIR.encode()
-    return d.decode("utf-8", "surrogateescape").rstrip("/") or "/"
+    """``NLPORTMAP_STATE_DIR`` of the current request (:mod:`nlportmap.settings`), default
+    :data:`DEFAULT_DIR`."""
+    from . import settings
+    return settings.get("NLPORTMAP_STATE_DIR", DEFAULT_DIR).rstrip("/") or "/"
 
 
 def netns_dir() -> str:

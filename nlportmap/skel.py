@@ -464,17 +464,19 @@ def _run(environ: Mapping[str, str], stdin: ByteSource, stdout: TextIO, stderr: 
                   args=values["CNI_ARGS"], path=values["CNI_PATH"], stdin=bytes(data),
                   conf=conf, netns_override=netns_override,
                   settings={k: v for k, v in environ.items() if k.startswith("NLPORTMAP_")})
-    if command == "ADD":
-        result: Any = handlers.add(req)
-        if not isinstance(result, dict):
-            raise InternalError(f"ADD handler returned {type(result).__name__}, not a result object")
-        _write(stdout, jsonio.dumps(result, indent=4) + "\n")
-    elif command == "DEL":
-        handlers.delete(req)
-    elif command == "CHECK":
-        handlers.check(req)
-    elif command == "GC":
-        handlers.gc(req)
-    else:
-        handlers.status(req)
+    from .settings import using
+    with using(req.settings):  # the request's NLPORTMAP_* (lock and record dirs) below here
+        if command == "ADD":
+            result: Any = handlers.add(req)
+            if not isinstance(result, dict):
+                raise InternalError(f"ADD handler returned {type(result).__name__}, not a result object")
+            _write(stdout, jsonio.dumps(result, indent=4) + "\n")
+        elif command == "DEL":
+            handlers.delete(req)
+        elif command == "CHECK":
+            handlers.check(req)
+        elif command == "GC":
+            handlers.gc(req)
+        else:
+            handlers.status(req)
     return 0

@@ -281,12 +281,26 @@ def _refused_as_nobody(env, py, src, repo):
     assert cp.stdout.startswith("SERVED"), cp.stdout + cp.stderr
 
 
-def test_behaviour_changing_settings_must_match(env):
+def test_request_settings_travel_and_other_settings_must_match(env):
+    """Issue 13: the lock/record directories and the upstream clean-up switch travel with
+    the request, so the daemon serves a caller whose values differ from its own (and
+    uses the caller's lock directory); a setting that does not travel still must match."""
     env.start_daemon()
-    cp = env.plugin(env.a, "ADD", "c0ffee06", _conf(5050), NLPORTMAP_UPSTREAM_CLEANUP="0")
+    other = tempfile.mkdtemp(prefix="nlpm-locks-")
+    os.chmod(other, 0o700)
+    try:
+        cp = env.plugin(env.a, "ADD", "c0ffee06", _conf(5050), NLPORTMAP_UPSTREAM_CLEANUP="0",
+                        NLPORTMAP_LOCK_DIR=other)
+        _ok(cp)
+        line = env.shim_lines()[-1]
+        assert line["via"] == "daemon", line
+        assert [f for f in os.listdir(other) if f.startswith("netns-")], "the request's lock dir was not used"
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
+    cp = env.plugin(env.a, "ADD", "c0ffee07", _conf(5051), NLPORTMAP_CT_FALLBACK="1")
     _ok(cp)
     line = env.shim_lines()[-1]
-    assert line["via"] == "in-process" and "NLPORTMAP_UPSTREAM_CLEANUP" in line["reason"], line
+    assert line["via"] == "in-process" and "NLPORTMAP_CT_FALLBACK" in line["reason"], line
 
 
 def test_concurrent_requests_through_the_daemon(env):
