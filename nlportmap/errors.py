@@ -8,6 +8,14 @@ plugin prints on **stdout** and follows with exit status 1.
 """
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    _C = TypeVar("_C")
+    _R = TypeVar("_R")
+
 __all__ = [
     "CNIError",
     "DecodeFailure",
@@ -24,6 +32,7 @@ __all__ = [
     "UnknownContainer",
     "UnsupportedField",
     "error_json",
+    "kernel_boundary",
 ]
 
 
@@ -113,3 +122,36 @@ def error_json(err: CNIError, cni_version: str | None = None) -> str:
     """Serialise ``err`` as the JSON text printed on stdout (4-space indent, like upstream)."""
     from .jsonio import dumps
     return dumps(err.to_dict(cni_version), indent=4)
+
+
+_BOUNDARY_WORDS = {"forward": "ADD", "unforward": "DEL", "check": "CHECK", "gc": "GC", "list": "list"}
+
+
+def kernel_boundary(backend: str) -> Callable[[type[_C]], type[_C]]:
+    """Class decorator: the one error boundary of a backend.  Any ``OSError`` that escapes
+    its ``forward``/``unforward``/``check``/``gc``/``list`` -- a netlink read that failed,
+    a tool that could not run -- becomes a :class:`KernelError` naming the backend and the
+    command (code 999), so no raw errno text reaches a runtime unexplained.  CNI errors
+    the backend raised itself pass through unchanged."""
+    def decorate(cls: type[_C]) -> type[_C]:
+        for name, word in _BOUNDARY_WORDS.items():
+            method = getattr(cls, name, None)
+            if method is not None:
+                setattr(cls, name, _guarded(method, f"{backend} {word}"))
+        return cls
+    return decorate
+
+
+def _guarded(method: Callable[..., _R], what: str) -> Callable[..., _R]:
+    def guarded(*args: object, **kwargs: object) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except CNIError:
+            raise
+        except OSError as e:
+            text = e.strerror or str(e)  # without the "[Errno N]" prefix
+            raise KernelError(f"{what}: {text}") from e
+    guarded.__name__ = method.__name__
+    guarded.__qualname__ = method.__qualname__
+    guarded.__doc__ = method.__doc__
+    return guarded

@@ -1,8 +1,9 @@
 """The request's settings (its ``NLPORTMAP_*`` variables), where modules below the handlers
 read them.
 
-A request carries its settings (:attr:`nlportmap.skel.Request.settings`); :func:`nlportmap.skel.run`
-makes them current for the thread that runs its handler with :func:`using`, and :mod:`nlportmap.lock` and :mod:`nlportmap.records` read their
+A request carries its settings (:attr:`nlportmap.skel.Request.settings`);
+:func:`nlportmap.skel.run` makes them current for the thread that runs its handler with
+:func:`using`, and :mod:`nlportmap.lock` and :mod:`nlportmap.records` read their
 directories through :func:`get`.  So a resident daemon serves a request with the request's
 lock and record directories, not its own.  Outside a request (the operator CLI, the
 daemon's healer) :func:`get` falls back to the process environment.  Standard library

@@ -30,7 +30,7 @@ Differences from upstream (deliberate):
 """
 from __future__ import annotations
 
-from ..errors import CNIError, InternalError, InvalidConfig, KernelError
+from ..errors import CNIError, InternalError, InvalidConfig, KernelError, kernel_boundary
 from ..lock import netns_lock
 from ..plan import Listed, Owner, Plan
 from . import rules as R
@@ -48,6 +48,7 @@ class ConflictError(InvalidConfig):
     """conflictPolicy=reject and a host port is already DNATed by another container's chain."""
 
 
+@kernel_boundary("iptables")
 class IptBackend(IptTools):
     """iptables via ``iptables-save`` / ``iptables-restore`` subprocesses.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import time
 
-from ..errors import InternalError, InvalidConfig, KernelError, TryAgainLater
+from ..errors import InternalError, InvalidConfig, KernelError, TryAgainLater, kernel_boundary
 from ..lock import netns_lock, require_lock
 from ..plan import Owner
 from . import dumps as D
@@ -44,6 +44,7 @@ ELEMS_PER_MSG = O.ELEMS_PER_MSG
 ConflictError = O.ConflictError
 
 
+@kernel_boundary("nftables")
 class NftBackend:
     """nftables over netlink.  ``sock`` may be injected (tests open it in another netns)."""
 
