@@ -64,6 +64,12 @@ def _quiet(msg: str) -> None:
     pass
 
 
+def configured_backend(conf: Conf) -> str | None:
+    """The backend a configuration names by itself: its ``backend``, else ``"iptables"`` when
+    it has iptables-only options, else None (auto-detection decides; :func:`choose`)."""
+    return conf.backend or ("iptables" if _iptables_specific(conf) else None)
+
+
 def _iptables_specific(conf: Conf) -> bool:
     if conf.externalSetMarkChain is not None:
         return True
@@ -148,7 +154,7 @@ def all_backends(conf: Conf) -> list[Backend]:
 
 def backend_status(conf: Conf) -> None:
     """STATUS: raise NotAvailable (code 50) naming what is missing, else return."""
-    name = conf.backend or ("iptables" if _iptables_specific(conf) else None)
+    name = configured_backend(conf)
     candidates = [name] if name else ["nftables", "iptables"]
     reasons = []
     for n in candidates:

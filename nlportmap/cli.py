@@ -138,7 +138,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     ``prevResult``), not a whole conflist.  The backend shown is the one ADD
     would use, except that auto-detection is assumed to find nf_tables.
     """
-    from .backends import _iptables_specific
+    from .backends import configured_backend
     from .config import check_backend_conflict, parse_config
     from .errors import CNIError, InvalidConfig, error_json
     from .plan import Owner, make_plan
@@ -155,7 +155,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if conf.prevResult is None:
             raise InvalidConfig("plan: no prevResult (ADD would fail: must be called as chained plugin)")
         plan = make_plan(conf, conf.container_ips(args.ifname), Owner(args.container_id, args.ifname, conf.name))
-        backend = conf.backend or ("iptables" if _iptables_specific(conf) else "nftables")
+        backend = configured_backend(conf) or "nftables"  # auto-detection assumed to find nf_tables
         check_backend_conflict(conf, backend)
     except CNIError as e:
         print(error_json(e))
