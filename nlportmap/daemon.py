@@ -102,6 +102,8 @@ PER_REQUEST_ENV = frozenset({
     "NLPORTMAP_LOCK_DIR", "NLPORTMAP_STATE_DIR", "NLPORTMAP_UPSTREAM_CLEANUP",
     "NLPORTMAP_HEAL",  # the daemon's own switch (nlportmap.heal), not a request's
 })
+#: settings whose absence in a request means "the default", not "the daemon's value"
+_CALLER_DIRS = ("NLPORTMAP_LOCK_DIR", "NLPORTMAP_STATE_DIR")
 REQUEST_READ_TIMEOUT = 10.0
 PROBE_TTL = 10.0
 
@@ -601,6 +603,9 @@ class Daemon:
         plugin = self._plugin_cls(self, t0)
         _tls.stderr, _tls.conn = err, conn
         status = 1
+        # a directory the caller did not set is its default, never the daemon's own setting:
+        # the caller's in-process fallback would use the default (nlportmap.settings.get)
+        env = {**{k: "" for k in _CALLER_DIRS}, **env}
         try:
             status = run(env, io.BytesIO(stdin), out, err, plugin)
         finally:

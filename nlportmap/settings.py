@@ -24,11 +24,14 @@ _tls = _thread._local()
 
 
 def get(name: str, default: str = "") -> str:
-    """The current request's value of ``name`` (e.g. ``NLPORTMAP_LOCK_DIR``), else the
-    process environment's, else ``default``; an empty value counts as unset."""
+    """The current request's value of ``name`` (e.g. ``NLPORTMAP_LOCK_DIR``) when the request
+    carries it, else the process environment's, else ``default``; an empty value counts as
+    unset.  (An exec'd plugin's request carries its whole environment; the daemon puts an
+    empty value for a directory its caller did not set, so the caller's default wins over
+    the daemon's own setting.)"""
     current: Mapping[str, str] | None = getattr(_tls, "settings", None)
-    if current is not None:
-        return current.get(name) or default
+    if current is not None and name in current:
+        return current[name] or default
     value = posix.environ.get(name.encode())
     return value.decode("utf-8", "surrogateescape") if value else default
 

@@ -48,6 +48,14 @@ def main(argv=None) -> int:
     from nlpm_helpers import EXE, Node
 
     cleanup_stale("nlpm-soak")
+    # nlportmap's lock files and self-healing records go to a private dir, never to /run
+    import shutil
+    import tempfile
+    private = tempfile.mkdtemp(prefix="nlpm-soak-run-")
+    for key, sub_dir in (("NLPORTMAP_LOCK_DIR", "locks"), ("NLPORTMAP_STATE_DIR", "state")):
+        os.environ.setdefault(key, os.path.join(private, sub_dir))
+    import atexit
+    atexit.register(shutil.rmtree, private, True)
     t0 = time.perf_counter()
 
     def progress(rep, gen):
