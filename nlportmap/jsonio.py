@@ -21,6 +21,7 @@ import _json
 
 TYPE_CHECKING = False  # 'typing' costs ~2 ms of a cold start: annotations only
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Iterable
     from typing import ClassVar
 
 __all__ = ["Unsupported", "dumps", "loads"]
@@ -131,33 +132,31 @@ def _enc(v: object, out: list[str], pad: str, step: str) -> None:
     elif isinstance(v, float):
         out.append(_float(v))
     elif isinstance(v, dict):
-        if not v:
-            out.append("{}")
-            return
-        inner = pad + step
-        first = True
-        out.append("{")
-        for k, item in v.items():
+        for k in v:
             if not isinstance(k, str):
                 raise TypeError("non-string key")
-            out.append(("\n" if first else ",\n") + inner + _esc(k) + ": ")
-            first = False
-            _enc(item, out, inner, step)
-        out.append("\n" + pad + "}")
+        _container(((_esc(k) + ": ", item) for k, item in v.items()), bool(v), "{}", out, pad, step)
     elif isinstance(v, (list, tuple)):
-        if not v:
-            out.append("[]")
-            return
-        inner = pad + step
-        first = True
-        out.append("[")
-        for item in v:
-            out.append(("\n" if first else ",\n") + inner)
-            first = False
-            _enc(item, out, inner, step)
-        out.append("\n" + pad + "]")
+        _container((("", item) for item in v), bool(v), "[]", out, pad, step)
     else:
         raise TypeError(f"not JSON: {type(v).__name__}")
+
+
+def _container(items: Iterable[tuple[str, object]], nonempty: bool, brackets: str, out: list[str],
+               pad: str, step: str) -> None:
+    """An object or array as json.dumps(indent=...) writes it: ``items`` are (key text or
+    "", value); an empty one stays on its line (``{}``/``[]``)."""
+    if not nonempty:
+        out.append(brackets)
+        return
+    inner = pad + step
+    sep = "\n"
+    out.append(brackets[0])
+    for prefix, item in items:
+        out.append(sep + inner + prefix)
+        sep = ",\n"
+        _enc(item, out, inner, step)
+    out.append("\n" + pad + brackets[1])
 
 
 def dumps(obj: object, indent: int | None = None, separators: tuple[str, str] = (",", ":")) -> str:
